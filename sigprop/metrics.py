@@ -1,0 +1,117 @@
+"""Metrics of one layer and one batch: pure functions of an activation (or gradient) array.
+
+Definitions follow science.md and the [BB] reference code. ``x`` is ``[B, ...]``; ``M`` is ``x``
+flattened to ``[B, D]``, ``M_hat`` its rows scaled to unit norm and ``G = M_hat M_hat^T``.
+All reductions run in float32 with full-precision matmuls. A row of zeros (a dead sample) has
+cosine 0 with every other row instead of 0/0.
+
+Every metric here is scale-invariant except the variance and squared mean, so ``M`` is divided by
+``max |M|`` before its Gram matrix is formed: exploding activations (1e30) do not overflow.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+ACT_METRICS = (
+    "activation_variance",
+    "channel_squared_mean",
+    "cosine_similarity",
+    "stable_rank",
+    "effective_rank",
+)
+
+
+def activation_variance(x):
+    """Mean over channels of the biased variance over ``(N, H, W)``:
+    ``mean_c var_{NHW}(x[..., c])``. ([BB]'s code used torch's unbiased variance; the two differ
+    by the factor ``n / (n - 1)``, ``n = N H W``.)"""
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    return jnp.mean(jnp.mean(jnp.square(x - mean), axis=axes))
+
+
+def channel_squared_mean(x):
+    """Mean over channels of the squared channel mean: ``mean_c (mean_{NHW} x[..., c])^2``
+    (Brock et al. 2021's signal propagation plots). ``activation_variance + channel_squared_mean``
+    is the mean second moment ``mean(x^2)``."""
+    axes = tuple(range(x.ndim - 1))
+    return jnp.mean(jnp.square(jnp.mean(x, axis=axes)))
+
+
+def _safe_scale(m):
+    s = jnp.max(jnp.abs(m))
+    return jnp.where((s > 0) & jnp.isfinite(s), s, 1.0)
+
+
+def _grams(x):
+    """``(G_raw, G)``: the Gram matrix of ``M / max|M|`` and of ``M_hat``."""
+    m = x.reshape(x.shape[0], -1).astype(jnp.float32)
+    m = m / _safe_scale(m)
+    g_raw = jnp.matmul(m, m.T, precision=lax.Precision.HIGHEST)
+    norms = jnp.sqrt(jnp.clip(jnp.diagonal(g_raw), 0.0))
+    inv = jnp.where(norms > 0, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)
+    return g_raw, g_raw * inv[:, None] * inv[None, :]
+
+
+def _cosine(g):
+    b = g.shape[0]
+    return jnp.mean((jnp.sum(g, axis=1) - jnp.diagonal(g)) / (b - 1))
+
+
+def _stable_rank(g):
+    lam_max = jnp.linalg.eigvalsh(g)[-1]
+    tr = jnp.trace(g)
+    return jnp.where(lam_max > 0, tr / jnp.where(lam_max > 0, lam_max, 1.0), 0.0)
+
+
+def _effective_rank(g_raw):
+    sigma = jnp.sqrt(jnp.clip(jnp.linalg.eigvalsh(g_raw), 0.0))
+    total = jnp.sum(sigma)
+    p = sigma / jnp.where(total > 0, total, 1.0)
+    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+    return jnp.where(total > 0, jnp.exp(entropy), 0.0)
+
+
+def cosine_similarity(x):
+    """Mean off-diagonal cosine between samples: ``mean_i (sum_j G_ij - G_ii) / (B - 1)``."""
+    return _cosine(_grams(x)[1])
+
+
+def stable_rank(x):
+    """Stable rank of the normalized batch: ``trace(G) / ||G||_2``, in ``[1, B]``."""
+    return _stable_rank(_grams(x)[1])
+
+
+def effective_rank(x):
+    """Effective rank (Roy & Vetterli 2007): ``exp(-sum_i p_i log p_i)``, ``p_i = s_i / sum_j s_j``
+    over the singular values ``s_i`` of ``M`` (unnormalized rows)."""
+    return _effective_rank(_grams(x)[0])
+
+
+def grad_norm(g):
+    """Frobenius norm of a gradient over the whole batch, computed without overflow."""
+    s = _safe_scale(g)
+    return s * jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32) / s)))
+
+
+def all_finite(x):
+    """1.0 if every entry of ``x`` is finite, else 0.0."""
+    return jnp.all(jnp.isfinite(x)).astype(jnp.float32)
+
+
+def activation_metrics(x):
+    """All of :data:`ACT_METRICS` from one Gram matrix, plus the finite flag: a ``[6]`` vector."""
+    x = x.astype(jnp.float32)
+    g_raw, g = _grams(x)
+    return jnp.stack(
+        [
+            activation_variance(x),
+            channel_squared_mean(x),
+            _cosine(g),
+            _stable_rank(g),
+            _effective_rank(g_raw),
+            all_finite(x),
+        ]
+    )

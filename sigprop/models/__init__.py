@@ -1,0 +1,7 @@
+"""The model zoo: builders returning linen modules with ``layer_names`` / ``grad_layer_names``."""
+
+from sigprop.models.cnn import CFG_NAMES, CNN, cnn
+from sigprop.models.mlp import MLP, mlp
+from sigprop.models.resnet import ResNet, resnet56, wrn
+
+__all__ = ["mlp", "cnn", "resnet56", "wrn", "MLP", "CNN", "ResNet", "CFG_NAMES"]

@@ -1,0 +1,179 @@
+"""Building blocks shared by the model zoo: conv/dense with weight reparametrizations, activations.
+
+Init (science.md): He normal (fan_in, untruncated, variance 2 / fan_in) for conv/dense kernels and
+zero biases; convs are 3x3 with padding 1 on every side (PyTorch's ``padding=1``, also at stride 2).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # untruncated, like torch
+_WN_EPS = 1e-5
+_SCALED_RELU_GAIN = math.sqrt(2 * math.pi / (math.pi - 1))
+
+
+def transform_weight(w, weight: str, gamma=None):
+    """Reparametrize a kernel ``[..., fan_in..., out]`` per output unit (the last axis).
+
+    - ``plain``: ``w``.
+    - ``weightnorm``: ``gamma * w / (||w|| + 1e-5)`` (Salimans & Kingma 2016).
+    - ``sws``: ``gamma * sqrt(2 pi / (pi - 1)) / sqrt(fan_in) * (w - mean(w)) / (std(w) + 1e-5)``
+      (scaled weight standardization, Brock et al. 2021), biased std.
+    """
+    if weight == "plain":
+        return w
+    axes = tuple(range(w.ndim - 1))
+    if weight == "weightnorm":
+        norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=axes, keepdims=True))
+        return gamma * w / (norm + _WN_EPS)
+    if weight == "sws":
+        fan_in = math.prod(w.shape[:-1])
+        mean = jnp.mean(w, axis=axes, keepdims=True)
+        std = jnp.sqrt(jnp.mean(jnp.square(w - mean), axis=axes, keepdims=True))
+        return gamma * _SCALED_RELU_GAIN / math.sqrt(fan_in) * (w - mean) / (std + _WN_EPS)
+    raise ValueError(f"weight={weight!r}; allowed: plain, weightnorm, sws")
+
+
+def _out_size(n, k, s, p):
+    return (n + 2 * p - k) // s + 1
+
+
+def conv2d(x, w, stride: int, impl: str = "auto"):
+    """``x [N, H, W, Cin]`` conv ``w [k, k, Cin, Cout]`` with stride and padding ``(k - 1) // 2``.
+
+    ``impl='xla'`` is ``lax.conv_general_dilated``; ``impl='shift'`` sums ``k * k`` strided slices
+    times ``w[dy, dx]`` (plain matmuls, forward and backward). ``'auto'`` uses ``shift`` on CPU for
+    strided convs and tiny (<= 2x2) outputs, where XLA:CPU's convolution is 10-80x slower
+    (benchmarks/conv_impl.py), and ``xla`` everywhere else.
+    """
+    k = w.shape[0]
+    p = (k - 1) // 2
+    n, h, wd, c = x.shape
+    ho, wo = _out_size(h, k, stride, p), _out_size(wd, k, stride, p)
+    if impl == "auto":
+        small = ho * wo <= 4
+        impl = "shift" if jax.default_backend() == "cpu" and (stride > 1 or small) else "xla"
+    if impl == "xla":
+        return lax.conv_general_dilated(
+            x, w, (stride, stride), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    if impl != "shift":
+        raise ValueError(f"conv_impl={impl!r}; allowed: auto, xla, shift")
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
+    out = None
+    for dy in range(k):
+        for dx in range(k):
+            sl = lax.slice(
+                xp, (0, dy, dx, 0), (n, dy + (ho - 1) * stride + 1, dx + (wo - 1) * stride + 1, c),
+                (1, stride, stride, 1),
+            )
+            term = jnp.einsum("nhwc,cd->nhwd", sl, w[dy, dx])
+            out = term if out is None else out + term
+    return out
+
+
+def center_layer(x):
+    """Subtract each sample's layer mean over ``(H, W, C)`` (PreLayerNorm's input centering)."""
+    return x - jnp.mean(x, axis=tuple(range(1, x.ndim)), keepdims=True)
+
+
+class Conv(nn.Module):
+    """3x3 (``kernel``) conv, He-normal init, with the ``weight`` reparametrization."""
+
+    features: int
+    stride: int = 1
+    kernel: int = 3
+    weight: str = "plain"
+    use_bias: bool = False
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x):
+        cin = x.shape[-1]
+        w = self.param("kernel", he_normal, (self.kernel, self.kernel, cin, self.features), jnp.float32)
+        gamma = None
+        if self.weight != "plain":
+            gamma = self.param("gain", nn.initializers.ones, (self.features,), jnp.float32)
+        y = conv2d(x, transform_weight(w, self.weight, gamma), self.stride, self.impl)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return y
+
+
+class Dense(nn.Module):
+    """Dense layer, He-normal init, with the ``weight`` reparametrization."""
+
+    features: int
+    weight: str = "plain"
+    use_bias: bool = False
+    kernel_init: Callable = he_normal
+
+    @nn.compact
+    def __call__(self, x):
+        w = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        gamma = None
+        if self.weight != "plain":
+            gamma = self.param("gain", nn.initializers.ones, (self.features,), jnp.float32)
+        y = x @ transform_weight(w, self.weight, gamma)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return y
+
+
+def classifier_init(key, shape, dtype=jnp.float32):
+    """The classifier's weights: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's nn.Linear default
+    used by the [BB] reference code (its hidden layers are He normal)."""
+    bound = 1.0 / math.sqrt(shape[0])
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+# --------------------------------------------------------------------------------------------
+# Activations
+
+_ACTIVATIONS: dict[str, Callable] = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "swish": jax.nn.swish,
+    "identity": lambda x: x,
+    "scaled_relu": lambda x: _SCALED_RELU_GAIN * (jax.nn.relu(x) - 1.0 / math.sqrt(2 * math.pi)),
+}
+ACTIVATION_NAMES = tuple(_ACTIVATIONS) + ("tlu",)
+
+
+def check_activation(activation):
+    if callable(activation) and not isinstance(activation, str):
+        return activation
+    if activation not in ACTIVATION_NAMES:
+        raise ValueError(
+            f"activation={activation!r}; allowed: {', '.join(ACTIVATION_NAMES)} or a callable"
+        )
+    return activation
+
+
+class Activation(nn.Module):
+    """An elementwise activation by name or callable.
+
+    ``relu``, ``tanh``, ``gelu`` (exact), ``swish``, ``identity``;
+    ``scaled_relu`` = ``sqrt(2 pi / (pi - 1)) * (relu(x) - 1 / sqrt(2 pi))`` (paired with
+    weightnorm, Arpit et al. 2016); ``tlu`` = ``max(x, tau)`` with a learnable per-channel
+    ``tau = 0`` at init (paired with FRN).
+    """
+
+    fn: str | Callable = "relu"
+
+    @nn.compact
+    def __call__(self, x):
+        if self.fn == "tlu":
+            tau = self.param("tau", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+            return jnp.maximum(x, tau)
+        if isinstance(self.fn, str):
+            return _ACTIVATIONS[self.fn](x)
+        return self.fn(x)

@@ -1,0 +1,161 @@
+"""Taps: the one place where activations and gradients are observed.
+
+- An *activation tap* reduces the activation in hand to :data:`sigprop.metrics.ACT_METRICS` (plus
+  a finite flag) on the spot and sows the ``[6]`` vector into the ``'taps'`` collection: no
+  activation is kept for metrics.
+- A *gradient tap* is an identity with a custom VJP and a zero-valued ``[2]`` variable in the
+  ``'probes'`` collection. Its backward rule passes the cotangent through unchanged and returns
+  ``[||g||_F, finite(g)]`` as the cotangent of the probe variable, so ``jax.grad`` of the loss
+  w.r.t. the ``'probes'`` collection yields every layer's gradient norm in one backward pass,
+  without materializing a copy of any gradient. (design.md's zero perturbation would return full
+  activation-sized gradients; this returns two numbers per layer.)
+
+Names: a tap's layer name is the path of the module holding it, joined by ``/``. A module whose
+name contains a ``str.format`` field, optionally followed by ``+start`` (e.g. ``"block{}+1"``),
+is an ``nn.scan`` stack: its variables have a leading layer axis, and :func:`unstack` expands it
+into ``block1``, ``block2``, ... The same rule turns scanned params into the unrolled layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sigprop import metrics
+
+TAPS = "taps"  # activation metrics, sown
+PROBES = "probes"  # gradient probes, differentiated
+LOSSES = "losses"  # extra loss terms (RegNorm), sown
+N_ACT = len(metrics.ACT_METRICS) + 1  # metrics + finite flag
+_ACT_KEY, _GRAD_KEY = "m", "g"
+
+
+@jax.custom_vjp
+def _grad_probe(x, probe):
+    del probe
+    return x
+
+
+def _grad_probe_fwd(x, probe):
+    del probe
+    return x, None
+
+
+def _grad_probe_bwd(_, g):
+    return g, jnp.stack([metrics.grad_norm(g), metrics.all_finite(g)])
+
+
+_grad_probe.defvjp(_grad_probe_fwd, _grad_probe_bwd)
+
+
+def observe_act(module: nn.Module, x):
+    """Sow the activation metrics of ``x`` under ``module``'s path; return ``x``."""
+    if not module.is_initializing():
+        vec = metrics.activation_metrics(jax.lax.stop_gradient(x))
+        module.sow(TAPS, _ACT_KEY, vec, init_fn=lambda: None, reduce_fn=lambda _, v: v)
+    return x
+
+
+def observe_grad(module: nn.Module, x):
+    """Identity on ``x`` whose backward pass reports ``||d loss / d x||`` under ``module``'s path."""
+    probe = module.variable(PROBES, _GRAD_KEY, jnp.zeros, (2,), jnp.float32)
+    return _grad_probe(x, probe.value)
+
+
+class Tap(nn.Module):
+    """A standalone tap: ``Tap('act', name=...)(x)`` or ``Tap('grad', name=...)(x)``."""
+
+    kind: str = "act"
+
+    @nn.compact
+    def __call__(self, x):
+        return observe_act(self, x) if self.kind == "act" else observe_grad(self, x)
+
+
+# --------------------------------------------------------------------------------------------
+# Names of scanned stacks
+
+
+def scan_name(pattern: str, start: int = 0) -> str:
+    """The module name of an ``nn.scan`` stack whose layer ``i`` is ``pattern.format(start + i)``."""
+    return f"{pattern}+{start}" if start else pattern
+
+
+def _expand(key: str, i: int) -> str:
+    pattern, _, start = key.partition("+")
+    return pattern.format(i + int(start or 0))
+
+
+def _is_stack(key: str) -> bool:
+    return "{" in key
+
+
+def unstack(tree: Any) -> Any:
+    """Expand every scanned stack in a nested dict into one entry per layer (see module doc)."""
+    if not isinstance(tree, dict) and not hasattr(tree, "items"):
+        return tree
+    out = {}
+    for key, sub in tree.items():
+        if _is_stack(key):
+            length = jax.tree_util.tree_leaves(sub)[0].shape[0]
+            for i in range(length):
+                out[_expand(key, i)] = unstack(jax.tree_util.tree_map(lambda a, i=i: a[i], sub))
+        else:
+            out[key] = unstack(sub)
+    return out
+
+
+def restack(tree: Any, like: Any) -> Any:
+    """Inverse of :func:`unstack`: gather the per-layer entries of ``tree`` into the stacks of
+    ``like`` (a tree in scanned layout)."""
+    if not isinstance(like, dict) and not hasattr(like, "items"):
+        return tree
+    out = {}
+    for key, sub in like.items():
+        if _is_stack(key):
+            length = jax.tree_util.tree_leaves(sub)[0].shape[0]
+            parts = [restack(tree[_expand(key, i)], jax.tree_util.tree_map(lambda a: a[0], sub))
+                     for i in range(length)]
+            out[key] = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *parts)
+        else:
+            out[key] = restack(tree[key], sub)
+    return out
+
+
+def collect(tree: Any, leaf_key: str) -> dict[str, jax.Array]:
+    """``{layer name: value}`` of every ``leaf_key`` variable in an (unstacked) collection."""
+    flat: dict[str, jax.Array] = {}
+
+    def walk(node, path):
+        for key, sub in node.items():
+            if key == leaf_key and not hasattr(sub, "items"):
+                flat["/".join(path)] = sub
+            elif hasattr(sub, "items"):
+                walk(sub, path + (key,))
+
+    walk(unstack(tree), ())
+    return flat
+
+
+def act_values(taps) -> dict[str, jax.Array]:
+    return collect(taps, _ACT_KEY)
+
+
+def grad_values(probe_grads) -> dict[str, jax.Array]:
+    return collect(probe_grads, _GRAD_KEY)
+
+
+def ordered(values: dict[str, jax.Array], names: tuple[str, ...] | None, what: str):
+    """Stack ``values`` in the order of ``names`` (``[layers, ...]``), checking they match."""
+    if names is None:
+        names = tuple(values)
+    missing, extra = set(names) - set(values), set(values) - set(names)
+    if missing or extra:
+        raise RuntimeError(
+            f"{what}: declared layer names and observed taps differ "
+            f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(extra)[:5]})"
+        )
+    return tuple(names), jnp.stack([values[n] for n in names])

@@ -7,10 +7,12 @@ cosine 0 with every other row instead of 0/0.
 
 Every metric here is scale-invariant except the variance and squared mean, so ``M`` is divided by
 ``max |M|`` before its Gram matrix is formed: exploding activations (1e30) do not overflow.
+Singular values (effective rank) come from a QR of ``M^T``, accurate for rank-collapsed batches.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -45,14 +47,50 @@ def _safe_scale(m):
     return jnp.where((s > 0) & jnp.isfinite(s), s, 1.0)
 
 
-def _grams(x):
-    """``(G_raw, G)``: the Gram matrix of ``M / max|M|`` and of ``M_hat``."""
+def _rows(x):
+    """``M / max|M|``: the batch as ``[B, D]`` rows, scaled so that no square overflows."""
     m = x.reshape(x.shape[0], -1).astype(jnp.float32)
-    m = m / _safe_scale(m)
+    return m / _safe_scale(m)
+
+
+def _gram(m):
+    """``G = M_hat M_hat^T`` of the rows ``m`` (zero rows stay zero)."""
     g_raw = jnp.matmul(m, m.T, precision=lax.Precision.HIGHEST)
     norms = jnp.sqrt(jnp.clip(jnp.diagonal(g_raw), 0.0))
     inv = jnp.where(norms > 0, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)
-    return g_raw, g_raw * inv[:, None] * inv[None, :]
+    return g_raw * inv[:, None] * inv[None, :]
+
+
+def _unbatched(fn):
+    """``fn`` whose vmap runs the batch one element after another (``lax.map``).
+
+    jaxlib's CPU LAPACK kernels (QR, eigh, SVD) split a batch over XLA's intra-op thread pool and
+    block a pool thread while they wait; two such calls running side by side (two layers' metrics)
+    deadlock a 2-thread pool (seen with jax 0.10.2). One matrix at a time never waits on the pool.
+    """
+    wrapped = jax.custom_batching.custom_vmap(fn)
+
+    @wrapped.def_vmap
+    def _rule(axis_size, in_batched, *args):
+        args = [a if b else jnp.broadcast_to(a, (axis_size,) + a.shape)
+                for a, b in zip(args, in_batched)]
+        out = lax.map(lambda xs: wrapped(*xs), tuple(args))
+        return out, jax.tree_util.tree_map(lambda _: True, out)
+
+    return wrapped
+
+
+@_unbatched
+def _singular_values(m):
+    """Singular values of ``m`` through a QR of ``m^T`` (backward stable: a zero singular value
+    comes out at ~eps * s_max, where ``sqrt(eigvalsh(m m^T))`` would give ~sqrt(eps) * s_max)."""
+    r = jnp.linalg.qr(m.T, mode="r")
+    return jnp.linalg.svd(r, compute_uv=False)
+
+
+@_unbatched
+def _largest_eigenvalue(g):
+    return jnp.linalg.eigvalsh(g)[-1]
 
 
 def _cosine(g):
@@ -61,13 +99,13 @@ def _cosine(g):
 
 
 def _stable_rank(g):
-    lam_max = jnp.linalg.eigvalsh(g)[-1]
+    lam_max = _largest_eigenvalue(g)
     tr = jnp.trace(g)
     return jnp.where(lam_max > 0, tr / jnp.where(lam_max > 0, lam_max, 1.0), 0.0)
 
 
-def _effective_rank(g_raw):
-    sigma = jnp.sqrt(jnp.clip(jnp.linalg.eigvalsh(g_raw), 0.0))
+def _effective_rank(m):
+    sigma = _singular_values(m)
     total = jnp.sum(sigma)
     p = sigma / jnp.where(total > 0, total, 1.0)
     entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
@@ -76,18 +114,18 @@ def _effective_rank(g_raw):
 
 def cosine_similarity(x):
     """Mean off-diagonal cosine between samples: ``mean_i (sum_j G_ij - G_ii) / (B - 1)``."""
-    return _cosine(_grams(x)[1])
+    return _cosine(_gram(_rows(x)))
 
 
 def stable_rank(x):
     """Stable rank of the normalized batch: ``trace(G) / ||G||_2``, in ``[1, B]``."""
-    return _stable_rank(_grams(x)[1])
+    return _stable_rank(_gram(_rows(x)))
 
 
 def effective_rank(x):
     """Effective rank (Roy & Vetterli 2007): ``exp(-sum_i p_i log p_i)``, ``p_i = s_i / sum_j s_j``
     over the singular values ``s_i`` of ``M`` (unnormalized rows)."""
-    return _effective_rank(_grams(x)[0])
+    return _effective_rank(_rows(x))
 
 
 def grad_norm(g):
@@ -102,16 +140,17 @@ def all_finite(x):
 
 
 def activation_metrics(x):
-    """All of :data:`ACT_METRICS` from one Gram matrix, plus the finite flag: a ``[6]`` vector."""
+    """All of :data:`ACT_METRICS`, plus the finite flag: a ``[6]`` vector."""
     x = x.astype(jnp.float32)
-    g_raw, g = _grams(x)
+    m = _rows(x)
+    g = _gram(m)
     return jnp.stack(
         [
             activation_variance(x),
             channel_squared_mean(x),
             _cosine(g),
             _stable_rank(g),
-            _effective_rank(g_raw),
+            _effective_rank(m),
             all_finite(x),
         ]
     )

@@ -1,0 +1,5 @@
+import sys
+
+from sigprop.cli import main
+
+sys.exit(main())

@@ -25,23 +25,22 @@ def _seed_keys(key, seeds: int):
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(seeds))
 
 
-def forward_backward(model: nn.Module, x, key):
-    """One seed: init ``model`` with ``key``, run forward and one backward pass.
+def measure(model: nn.Module, variables, x, label_key):
+    """One forward pass (activation taps) and one backward pass (gradient taps).
 
-    Returns ``(taps, probe_grads)``: the sown activation metrics and, in the ``'probes'``
-    collection's layout, ``[||grad||, finite]`` of every gradient tap. The loss is the mean softmax
-    cross-entropy against labels drawn uniformly over the model's outputs, plus any sown
-    ``'losses'`` (RegNorm's regularizer).
+    ``variables`` holds ``'params'`` and the zero ``'probes'`` made by ``model.init``. Returns
+    ``(taps, probe_grads)``: the sown activation metrics and, in the ``'probes'`` collection's
+    layout, ``[||grad||, finite]`` of every gradient tap. The loss is the mean softmax
+    cross-entropy against labels drawn (with ``label_key``) uniformly over the model's outputs,
+    plus any sown ``'losses'`` (RegNorm's regularizer).
     """
-    k_init, k_label = jax.random.split(key)
-    variables = model.init(k_init, x)
     params, probes = variables["params"], variables.get(probe.PROBES, {})
 
     def loss_fn(probes):
         logits, state = model.apply(
             {"params": params, probe.PROBES: probes}, x, mutable=[probe.TAPS, probe.LOSSES]
         )
-        labels = jax.random.randint(k_label, logits.shape[:1], 0, logits.shape[-1])
+        labels = jax.random.randint(label_key, logits.shape[:1], 0, logits.shape[-1])
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         extra = jax.tree_util.tree_leaves(state.get(probe.LOSSES, {}))
         loss = loss + sum(jnp.sum(e) for e in extra)
@@ -49,6 +48,12 @@ def forward_backward(model: nn.Module, x, key):
 
     probe_grads, taps = jax.grad(loss_fn, has_aux=True)(probes)
     return taps, probe_grads
+
+
+def forward_backward(model: nn.Module, x, key):
+    """One seed: initialize ``model`` with ``key``, then :func:`measure`."""
+    k_init, k_label = jax.random.split(key)
+    return measure(model, model.init(k_init, x), x, k_label)
 
 
 def _one_seed(model, shape, key, x):

@@ -63,6 +63,17 @@ def _group_axes(xg):  # spatial axes and the within-group channel axis of a grou
     return tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)
 
 
+def channel(v, ndim: int):
+    """A per-channel vector ``[C]`` shaped to broadcast against ``[N, ..., C]`` explicitly."""
+    return v.reshape((1,) * (ndim - 1) + (-1,))
+
+
+def _affine(module, y):
+    c = y.shape[-1]
+    y = y * channel(module.param("scale", nn.initializers.ones, (c,), jnp.float32), y.ndim)
+    return y + channel(module.param("bias", nn.initializers.zeros, (c,), jnp.float32), y.ndim)
+
+
 def _check_rank(x, name):
     if x.ndim < 2:
         raise ValueError(f"{name} expects inputs of shape [N, ..., C]; got shape {x.shape}")
@@ -112,11 +123,7 @@ class _Normalizer(nn.Module):
     def __call__(self, x):
         _check_rank(x, type(self).__name__)
         y = self.standardize(x)
-        if self.affine:
-            c = x.shape[-1]
-            y = y * self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-            y = y + self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        return y
+        return _affine(self, y) if self.affine else y
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,11 +211,7 @@ class FRN(nn.Module):
         eps = self.param("eps", nn.initializers.constant(self.eps), (), jnp.float32)
         nu2 = jnp.mean(jnp.square(x), axis=_instance_axes(x), keepdims=True)
         y = x / jnp.sqrt(nu2 + jnp.abs(eps))
-        if self.affine:
-            c = x.shape[-1]
-            y = y * self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-            y = y + self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        return y
+        return _affine(self, y) if self.affine else y
 
 
 class VarianceNorm(_Normalizer):
@@ -306,12 +309,10 @@ class EvoNormS0(nn.Module):
         _check_rank(x, "evonorm_s0")
         c = x.shape[-1]
         g = resolve_groups(c, self.group_size, self.num_groups, "evonorm_s0")
-        v = self.param("v", nn.initializers.ones, (c,), jnp.float32)
+        v = channel(self.param("v", nn.initializers.ones, (c,), jnp.float32), x.ndim)
         xg = _grouped(x, g)
         std = jnp.broadcast_to(jnp.sqrt(_var(xg, _group_axes(xg)) + self.eps), xg.shape)
-        y = x * nn.sigmoid(v * x) / std.reshape(x.shape)
-        y = y * self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-        return y + self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        return _affine(self, x * nn.sigmoid(v * x) / std.reshape(x.shape))
 
 
 class EvoNormB0(nn.Module):
@@ -327,12 +328,10 @@ class EvoNormB0(nn.Module):
     def __call__(self, x):
         _check_rank(x, "evonorm_b0")
         c = x.shape[-1]
-        v = self.param("v", nn.initializers.ones, (c,), jnp.float32)
+        v = channel(self.param("v", nn.initializers.ones, (c,), jnp.float32), x.ndim)
         batch_std = jnp.sqrt(_var(x, _batch_axes(x)) + self.eps)
         inst_std = jnp.sqrt(_var(x, _instance_axes(x)) + self.eps)
-        y = x / jnp.maximum(batch_std, v * x + inst_std)
-        y = y * self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-        return y + self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        return _affine(self, x / jnp.maximum(batch_std, v * x + inst_std))
 
 
 # --------------------------------------------------------------------------------------------

@@ -381,7 +381,7 @@ def test_observe_grad_nonfinite_flag():
     mod = _Lin(features=2)
     variables = mod.init(jax.random.PRNGKey(1), jnp.asarray(x))
     params, probes = variables["params"], variables["probes"]
-    c = jnp.array([1.0, jnp.inf])
+    c = jnp.array([[1.0, jnp.inf]])
 
     def loss(pr):
         return jnp.sum(mod.apply({"params": params, "probes": pr}, jnp.asarray(x)) * c)

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sigprop.normalizers import channel
+
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # untruncated, like torch
 _WN_EPS = 1e-5
 _SCALED_RELU_GAIN = math.sqrt(2 * math.pi / (math.pi - 1))
@@ -32,12 +34,13 @@ def transform_weight(w, weight: str, gamma=None):
     axes = tuple(range(w.ndim - 1))
     if weight == "weightnorm":
         norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=axes, keepdims=True))
-        return gamma * w / (norm + _WN_EPS)
+        return channel(gamma, w.ndim) * w / (norm + _WN_EPS)
     if weight == "sws":
         fan_in = math.prod(w.shape[:-1])
         mean = jnp.mean(w, axis=axes, keepdims=True)
         std = jnp.sqrt(jnp.mean(jnp.square(w - mean), axis=axes, keepdims=True))
-        return gamma * _SCALED_RELU_GAIN / math.sqrt(fan_in) * (w - mean) / (std + _WN_EPS)
+        gain = channel(gamma, w.ndim) * (_SCALED_RELU_GAIN / math.sqrt(fan_in))
+        return gain * (w - mean) / (std + _WN_EPS)
     raise ValueError(f"weight={weight!r}; allowed: plain, weightnorm, sws")
 
 
@@ -103,7 +106,8 @@ class Conv(nn.Module):
             gamma = self.param("gain", nn.initializers.ones, (self.features,), jnp.float32)
         y = conv2d(x, transform_weight(w, self.weight, gamma), self.stride, self.impl)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + channel(self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32),
+                            y.ndim)
         return y
 
 
@@ -123,7 +127,8 @@ class Dense(nn.Module):
             gamma = self.param("gain", nn.initializers.ones, (self.features,), jnp.float32)
         y = x @ transform_weight(w, self.weight, gamma)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + channel(self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32),
+                            y.ndim)
         return y
 
 
@@ -173,7 +178,7 @@ class Activation(nn.Module):
     def __call__(self, x):
         if self.fn == "tlu":
             tau = self.param("tau", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
-            return jnp.maximum(x, tau)
+            return jnp.maximum(x, channel(tau, x.ndim))
         if isinstance(self.fn, str):
             return _ACTIVATIONS[self.fn](x)
         return self.fn(x)

@@ -201,6 +201,28 @@ class _FinalNorm(nn.Module):
         return probe.observe_act(self, y)
 
 
+def resnet(blocks: int = 9, widths: tuple = (32, 64, 128), *, norm="batchnorm", activation=None,
+           n_classes: int = 100, preact: bool = False, skipinit: bool = False, alpha: float = 1.0,
+           scan: bool = True, conv_impl: str = "auto", **norm_options) -> ResNet:
+    """A CIFAR ResNet of ``len(widths)`` stages x ``blocks`` basic blocks (``resnet56`` is
+    ``blocks=9, widths=(32, 64, 128)``; small ones make quick tests). Arguments as in
+    :func:`resnet56`."""
+    check_positive(blocks=blocks)
+    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+        raise ValueError(f"widths={widths!r} must be a non-empty tuple of integers >= 1")
+    check_n_classes(n_classes)
+    if conv_impl not in ("auto", "xla", "shift"):
+        raise ValueError(f"conv_impl={conv_impl!r}; allowed: auto, xla, shift")
+    spec, act = resolve(norm, activation, norm_options)
+    for c in widths:
+        spec.check_width(c)
+    stages = tuple((w, blocks, 1 if i == 0 else 2) for i, w in enumerate(widths))
+    return ResNet(stages=stages, spec=spec, activation=act, n_classes=n_classes,
+                  stem_width=widths[0], stem="unit", preact=preact,
+                  skip_gain=0.0 if skipinit else float(alpha), learn_gain=skipinit, scan=scan,
+                  conv_impl=conv_impl)
+
+
 def resnet56(*, norm="batchnorm", activation=None, n_classes: int = 100, preact: bool = False,
              skipinit: bool = False, alpha: float = 1.0, scan: bool = True,
              conv_impl: str = "auto", **norm_options) -> ResNet:
@@ -214,14 +236,9 @@ def resnet56(*, norm="batchnorm", activation=None, n_classes: int = 100, preact:
       norm, activation, n_classes, scan, conv_impl, **norm_options: as in
         :func:`sigprop.models.cnn`.
     """
-    check_n_classes(n_classes)
-    spec, act = resolve(norm, activation, norm_options)
-    for c in (32, 64, 128):
-        spec.check_width(c)
-    return ResNet(stages=((32, 9, 1), (64, 9, 2), (128, 9, 2)), spec=spec, activation=act,
-                  n_classes=n_classes, stem_width=32, stem="unit", preact=preact,
-                  skip_gain=0.0 if skipinit else float(alpha), learn_gain=skipinit, scan=scan,
-                  conv_impl=conv_impl)
+    return resnet(9, (32, 64, 128), norm=norm, activation=activation, n_classes=n_classes,
+                  preact=preact, skipinit=skipinit, alpha=alpha, scan=scan, conv_impl=conv_impl,
+                  **norm_options)
 
 
 def wrn(depth: int = 26, k: int = 2, *, skip: bool = True, norm="batchnorm", activation=None,
@@ -236,6 +253,8 @@ def wrn(depth: int = 26, k: int = 2, *, skip: bool = True, norm="batchnorm", act
     if (depth - 2) % 6 or depth < 8:
         raise ValueError(f"depth={depth}: a WideResNet needs depth = 6 n + 2 with n >= 1 (e.g. 26)")
     check_n_classes(n_classes)
+    if conv_impl not in ("auto", "xla", "shift"):
+        raise ValueError(f"conv_impl={conv_impl!r}; allowed: auto, xla, shift")
     spec, act = resolve(norm, activation, norm_options)
     n = (depth - 2) // 6
     widths = (16 * k, 32 * k, 64 * k)

@@ -1,0 +1,192 @@
+"""The model zoo: names, pairings, scan == loop, every normalizer runs, and an independent
+re-implementation of one network checks the whole engine (taps, metrics, gradient norms)."""
+
+import functools
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sigprop
+from sigprop import normalizers, probe
+
+engine = sys.modules["sigprop.analyze"]
+
+# ------------------------------------------------------------------------------------------------
+# Names
+
+
+def test_cnn_cfg_names():
+    for cfg, n in [("cfg_10", 10), ("cfg_20", 20), ("cfg_40", 40)]:
+        m = sigprop.cnn(cfg, norm="batchnorm")
+        assert m.layer_names == tuple(f"layer{i:02d}" for i in range(n))
+        assert m.grad_layer_names == m.layer_names
+    assert len(sigprop.cnn("uniform", depth=120, width=8).layer_names[-1]) == len("layer119")
+
+
+def test_resnet56_names():
+    m = sigprop.resnet56(norm="batchnorm")
+    acts, grads = m.layer_names, m.grad_layer_names
+    assert len(acts) == 1 + 27 * 2 and len(grads) == 1 + 27 * 2 + 2
+    assert acts[0] == "stem" and grads[0] == "stem"
+    for name in ("stage2/block3/act1", "stage2/block3/out", "stage3/block8/out"):
+        assert name in acts
+    assert "stage2/block0/shortcut" in grads and "stage3/block0/shortcut" in grads
+    assert "stage1/block0/shortcut" not in grads  # identity shortcut
+    pre = sigprop.resnet56(norm="batchnorm", preact=True)
+    assert len(pre.layer_names) == 1 + 27 * 3 and "stage1/block4/act2" in pre.layer_names
+
+
+def test_wrn_names():
+    m = sigprop.wrn(26, 2, norm="batchnorm")
+    assert m.layer_names[-1] == "final" and m.grad_layer_names[0] == "stem"
+    assert sum(n.endswith("/shortcut") for n in m.grad_layer_names) == 3
+    plain = sigprop.wrn(26, 2, skip=False, norm="batchnorm")
+    assert not any(n.endswith("/shortcut") for n in plain.grad_layer_names)
+
+
+def test_pairings_and_overrides():
+    assert sigprop.cnn(norm="frn").activation == "tlu"
+    assert sigprop.cnn(norm="weightnorm").activation == "scaled_relu"
+    assert sigprop.cnn(norm="evonorm_s0").activation == "replaced"
+    assert sigprop.cnn(norm="batchnorm").activation == "relu"
+    assert sigprop.cnn(norm="frn", activation="relu").activation == "relu"
+    assert sigprop.cnn(norm="sws").spec.weight == "sws" and sigprop.cnn(norm="sws").spec.bias
+
+
+# ------------------------------------------------------------------------------------------------
+# scan == unrolled loop (same params, same numbers)
+
+_SCAN_MODELS = {
+    "mlp": (lambda scan: sigprop.mlp(5, 16, norm="batchnorm", scan=scan), (8, 12)),
+    "cnn-uniform": (lambda scan: sigprop.cnn("uniform", depth=4, width=8, norm="groupnorm",
+                                             group_size=2, scan=scan), (4, 8, 8, 3)),
+    "resnet": (lambda scan: sigprop.models.resnet(3, (8, 16), norm="layernorm", scan=scan),
+               (4, 8, 8, 3)),
+    "resnet-preact": (lambda scan: sigprop.models.resnet(3, (8, 16), norm="batchnorm",
+                                                         preact=True, scan=scan), (4, 8, 8, 3)),
+}
+
+
+_jit_measure = jax.jit(engine.measure, static_argnums=0)
+
+
+def _measured(model, variables, x):
+    taps, grads = _jit_measure(model, variables, x, jax.random.key(7))
+    _, acts = probe.ordered(probe.act_values(taps), model.layer_names, "acts")
+    _, g = probe.ordered(probe.grad_values(grads), model.grad_layer_names, "grads")
+    return np.asarray(acts), np.asarray(g)
+
+
+@pytest.mark.parametrize("name", list(_SCAN_MODELS))
+def test_scan_and_loop_agree(name):
+    build, shape = _SCAN_MODELS[name]
+    scanned, looped = build(True), build(False)
+    assert scanned.layer_names == looped.layer_names
+    x = jax.random.normal(jax.random.key(1), shape)
+    v_scan = scanned.init(jax.random.key(0), x)
+    v_loop = probe.unstack({k: v for k, v in v_scan.items() if k in ("params", "probes")})
+    # the unstacked params fit the unrolled model exactly
+    ref = looped.init(jax.random.key(0), x)
+    assert jax.tree_util.tree_structure(v_loop["params"]) == \
+        jax.tree_util.tree_structure(ref["params"])
+    a_scan, g_scan = _measured(scanned, v_scan, x)
+    a_loop, g_loop = _measured(looped, v_loop, x)
+    np.testing.assert_allclose(a_scan, a_loop, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g_scan, g_loop, rtol=1e-5, atol=1e-7)
+    paths = jax.tree_util.tree_flatten_with_path(v_scan["params"])[0]
+    assert any("{" in str(p) for p, _ in paths)  # the scanned model really scans
+
+
+# ------------------------------------------------------------------------------------------------
+# Every normalizer runs, in a non-residual and a residual net, to finite metrics
+
+
+@pytest.mark.parametrize("norm", normalizers.names())
+def test_every_normalizer_small_models(norm):
+    for model, shape in [(sigprop.cnn("uniform", depth=3, width=8, norm=norm, n_classes=10,
+                                      **({"num_groups": 2} if norm in ("groupnorm", "evonorm_s0") else {})),
+                          (4, 8, 8, 3)),
+                         (sigprop.models.resnet(2, (8, 16), norm=norm, n_classes=10,
+                                                **({"num_groups": 2} if norm in ("groupnorm", "evonorm_s0") else {})),
+                          (4, 8, 8, 3))]:
+        res = sigprop.analyze(model, shape, seeds=2)
+        assert res.finite.all() and res.grad_finite.all(), (norm, res.first_nonfinite())
+        assert np.isfinite(res.cosine_similarity).all() and (res.grad_norm > 0).all()
+        assert res.cosine_similarity.shape == (2, len(model.layer_names))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", normalizers.names())
+def test_every_normalizer_cfg10_and_resnet56(norm):
+    for model in (sigprop.cnn("cfg_10", norm=norm), sigprop.resnet56(norm=norm)):
+        res = sigprop.analyze(model, (8, 32, 32, 3), seeds=2)
+        assert res.finite.all() and res.grad_finite.all(), (norm, res.first_nonfinite())
+        for metric in res.metric_names:
+            assert np.isfinite(res[metric]).all(), (norm, metric)
+
+
+# ------------------------------------------------------------------------------------------------
+# An independent re-implementation of a batchnorm MLP (plain jnp, no flax, no taps)
+
+
+def _ref_metrics(a):
+    a = np.asarray(a, np.float64)
+    m = a.reshape(a.shape[0], -1)
+    mh = m / np.linalg.norm(m, axis=1, keepdims=True)
+    g = mh @ mh.T
+    b = m.shape[0]
+    s = np.linalg.svd(m, compute_uv=False)
+    p = s / s.sum()
+    return [a.var(axis=0).mean(), (a.mean(axis=0) ** 2).mean(), ((g.sum(1) - 1) / (b - 1)).mean(),
+            np.trace(g) / np.linalg.norm(g, 2), np.exp(-(p * np.log(p)).sum())]
+
+
+def test_engine_matches_independent_mlp():
+    depth, width, batch, classes = 4, 32, 16, 10
+    model = sigprop.mlp(depth, width, norm="batchnorm", n_classes=classes)
+    x = jax.random.normal(jax.random.key(3), (batch, 20))
+    variables = model.init(jax.random.key(4), x)
+    params = probe.unstack(variables["params"])
+    label_key = jax.random.key(5)
+    taps, grads = _jit_measure(model, variables, x, label_key)
+    _, acts = probe.ordered(probe.act_values(taps), model.layer_names, "acts")
+    _, g = probe.ordered(probe.grad_values(grads), model.grad_layer_names, "grads")
+
+    # the same network written out by hand; perturbations d_i at each dense output give gradients
+    kernels = [params[n]["Dense_0"]["kernel"] for n in model.layer_names]
+    bn = [params[n]["BatchNorm_0"] for n in model.layer_names]
+    labels = jax.random.randint(label_key, (batch,), 0, classes)
+
+    def net(deltas):
+        h, hidden = x, []
+        for w, p, d in zip(kernels, bn, deltas):
+            z = h @ w + d
+            mu, var = z.mean(0, keepdims=True), z.var(0, keepdims=True)
+            zn = (z - mu) / jnp.sqrt(var + 1e-5) * p["scale"][None] + p["bias"][None]
+            h = jax.nn.relu(zn)
+            hidden.append(h)
+        c = params["classifier"]
+        logits = h @ c["kernel"] + c["bias"][None]
+        logp = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1)), hidden
+
+    zeros = [jnp.zeros((batch, width))] * depth
+    dgrads, hidden = jax.grad(net, has_aux=True)(zeros)
+    np.testing.assert_allclose(np.asarray(g[:, 0]), [np.linalg.norm(np.asarray(d)) for d in dgrads],
+                               rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(acts[:, :5]), [_ref_metrics(h) for h in hidden], rtol=2e-4,
+                               atol=1e-6)
+    assert np.all(np.asarray(acts[:, 5]) == 1.0) and np.all(np.asarray(g[:, 1]) == 1.0)
+
+
+def test_user_module_factory_matches_registered():
+    x = jax.random.normal(jax.random.key(0), (8, 12))
+    a = sigprop.analyze(sigprop.mlp(3, 16, norm="layernorm"), x, seeds=2)
+    b = sigprop.analyze(sigprop.mlp(3, 16, norm=functools.partial(nn.LayerNorm, epsilon=1e-5)), x,
+                        seeds=2)
+    np.testing.assert_allclose(a.cosine_similarity, b.cosine_similarity, rtol=1e-5)
+    np.testing.assert_allclose(a.grad_norm, b.grad_norm, rtol=1e-4)

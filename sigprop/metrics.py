@@ -140,17 +140,20 @@ def all_finite(x):
 
 
 def activation_metrics(x):
-    """All of :data:`ACT_METRICS`, plus the finite flag: a ``[6]`` vector."""
+    """All of :data:`ACT_METRICS`, plus a finite flag: a ``[6]`` vector.
+
+    The flag is 1.0 when ``x`` and its metrics are all finite, else 0.0."""
     x = x.astype(jnp.float32)
     m = _rows(x)
     g = _gram(m)
-    return jnp.stack(
+    values = jnp.stack(
         [
             activation_variance(x),
             channel_squared_mean(x),
             _cosine(g),
             _stable_rank(g),
             _effective_rank(m),
-            all_finite(x),
         ]
     )
+    # flagged when the activation or any of its metrics (a variance past 3e38) is not finite
+    return jnp.concatenate([values, (all_finite(x) * all_finite(values))[None]])

@@ -45,7 +45,8 @@ def _grad_probe_fwd(x, probe):
 
 
 def _grad_probe_bwd(_, g):
-    return g, jnp.stack([metrics.grad_norm(g), metrics.all_finite(g)])
+    norm = metrics.grad_norm(g)
+    return g, jnp.stack([norm, metrics.all_finite(g) * metrics.all_finite(norm)])
 
 
 _grad_probe.defvjp(_grad_probe_fwd, _grad_probe_bwd)

@@ -259,7 +259,8 @@ def test_scale_invariance_huge(shape):
     np.testing.assert_allclose(
         v[2:5], [ref_cosine_similarity(x), ref_stable_rank(x), ref_effective_rank(x)], rtol=RTOL
     )
-    assert v[5] == 1.0
+    # the variance of a 1e20-scaled batch (~1e40) overflows float32: the flag reports it
+    assert not np.isfinite(v[0]) and v[5] == 0.0
     # grad_norm does not overflow either
     gn = f(sm.grad_norm(jnp.asarray(big)))
     assert np.isfinite(gn)

@@ -9,6 +9,7 @@ import flax.linen as nn
 
 from sigprop import normalizers, probe
 from sigprop.models.common import (
+    check_conv_impl,
     Unit,
     check_image_inputs,
     check_n_classes,
@@ -100,8 +101,7 @@ def cnn(cfg: str = "cfg_10", *, depth: int | None = None, width: int = 64, norm=
         if depth is not None:
             raise ValueError(f"depth= is only for cfg='uniform'; {cfg!r} has {len(CFGS[cfg])} layers")
         layers = CFGS[cfg]
-    if conv_impl not in ("auto", "xla", "shift"):
-        raise ValueError(f"conv_impl={conv_impl!r}; allowed: auto, xla, shift")
+    check_conv_impl(conv_impl)
     check_n_classes(n_classes)
     spec, act = resolve(norm, activation, norm_options)
     for c in sorted({c for c, _ in layers}):

@@ -45,6 +45,11 @@ def check_positive(**values) -> None:
             raise ValueError(f"{name}={v!r} must be an integer >= 1")
 
 
+def check_conv_impl(conv_impl) -> None:
+    if conv_impl not in ("auto", "xla", "shift"):
+        raise ValueError(f"conv_impl={conv_impl!r}; allowed: auto, xla, shift")
+
+
 def check_n_classes(n_classes) -> None:
     check_positive(n_classes=n_classes)
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from sigprop import normalizers, probe
 from sigprop.models.common import (
+    check_conv_impl,
     Unit,
     act_slot,
     affine_op,
@@ -211,8 +212,7 @@ def resnet(blocks: int = 9, widths: tuple = (32, 64, 128), *, norm="batchnorm", 
     if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
         raise ValueError(f"widths={widths!r} must be a non-empty tuple of integers >= 1")
     check_n_classes(n_classes)
-    if conv_impl not in ("auto", "xla", "shift"):
-        raise ValueError(f"conv_impl={conv_impl!r}; allowed: auto, xla, shift")
+    check_conv_impl(conv_impl)
     spec, act = resolve(norm, activation, norm_options)
     for c in widths:
         spec.check_width(c)
@@ -253,8 +253,7 @@ def wrn(depth: int = 26, k: int = 2, *, skip: bool = True, norm="batchnorm", act
     if (depth - 2) % 6 or depth < 8:
         raise ValueError(f"depth={depth}: a WideResNet needs depth = 6 n + 2 with n >= 1 (e.g. 26)")
     check_n_classes(n_classes)
-    if conv_impl not in ("auto", "xla", "shift"):
-        raise ValueError(f"conv_impl={conv_impl!r}; allowed: auto, xla, shift")
+    check_conv_impl(conv_impl)
     spec, act = resolve(norm, activation, norm_options)
     n = (depth - 2) // 6
     widths = (16 * k, 32 * k, 64 * k)

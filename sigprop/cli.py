@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -28,6 +29,26 @@ def _build_model(args):
     if args.model == "resnet56":
         return models.resnet56(preact=args.preact, skipinit=args.skipinit, **common)
     return models.wrn(args.depth or 26, args.width or 2, **common)
+
+
+def _fast_start() -> None:
+    """CLI runs are compile-bound: XLA:CPU's -O1 backend compiles ~2x faster than -O2 for ~15%
+    slower kernels, and a persistent cache makes a second run start at once. Both only where
+    the user has not chosen (``XLA_FLAGS``, ``JAX_COMPILATION_CACHE_DIR``); set before JAX
+    initializes its backend."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" not in flags:
+        os.environ["XLA_FLAGS"] = (flags + " --xla_backend_optimization_level=1").strip()
+    import jax
+
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        cache = os.path.join(os.path.expanduser("~"), ".cache", "sigprop", "xla")
+        try:
+            os.makedirs(cache, exist_ok=True)
+            jax.config.update("jax_compilation_cache_dir", cache)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        except OSError:  # read-only home: run without the cache
+            pass
 
 
 def main(argv=None) -> int:
@@ -60,6 +81,7 @@ def main(argv=None) -> int:
     sub.add_parser("normalizers", help="list the normalizer names")
 
     args = parser.parse_args(argv)
+    _fast_start()
     try:
         return _dispatch(args)
     except ValueError as e:  # bad input: a clear message, not a traceback

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -101,8 +102,6 @@ def resolve_groups(channels: int, group_size: int | None, num_groups: int | None
                 f"(channels={channels})"
             )
         return num_groups
-    import math
-
     return math.gcd(32, channels)
 
 

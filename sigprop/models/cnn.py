@@ -12,7 +12,6 @@ from sigprop.models.common import (
     check_conv_impl,
     Unit,
     check_image_inputs,
-    check_n_classes,
     check_positive,
     head,
     resolve,
@@ -102,7 +101,7 @@ def cnn(cfg: str = "cfg_10", *, depth: int | None = None, width: int = 64, norm=
             raise ValueError(f"depth= is only for cfg='uniform'; {cfg!r} has {len(CFGS[cfg])} layers")
         layers = CFGS[cfg]
     check_conv_impl(conv_impl)
-    check_n_classes(n_classes)
+    check_positive(n_classes=n_classes)
     spec, act = resolve(norm, activation, norm_options)
     for c in sorted({c for c, _ in layers}):
         spec.check_width(c)

@@ -50,10 +50,6 @@ def check_conv_impl(conv_impl) -> None:
         raise ValueError(f"conv_impl={conv_impl!r}; allowed: auto, xla, shift")
 
 
-def check_n_classes(n_classes) -> None:
-    check_positive(n_classes=n_classes)
-
-
 def norm_slot(spec, activation):
     """The module in the normalizer slot (identity when the normalizer replaces the activation)."""
     return normalizers.Identity() if activation == "replaced" else spec.module()

@@ -7,7 +7,7 @@ from typing import Any
 import flax.linen as nn
 
 from sigprop import normalizers, probe
-from sigprop.models.common import Unit, check_n_classes, check_positive, head, resolve, run_stack
+from sigprop.models.common import Unit, check_positive, head, resolve, run_stack
 
 
 def layer_pattern(depth: int) -> str:
@@ -68,7 +68,7 @@ def mlp(depth: int, width: int, *, norm="none", activation=None, n_classes: int 
       **norm_options: passed to the normalizer (e.g. ``group_size=4``).
     """
     check_positive(depth=depth, width=width)
-    check_n_classes(n_classes)
+    check_positive(n_classes=n_classes)
     spec, act = resolve(norm, activation, norm_options)
     spec.check_width(width)
     return MLP(depth=depth, width=width, spec=spec, activation=act, n_classes=n_classes, scan=scan)

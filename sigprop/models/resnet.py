@@ -21,7 +21,6 @@ from sigprop.models.common import (
     act_slot,
     affine_op,
     check_image_inputs,
-    check_n_classes,
     check_positive,
     head,
     norm_slot,
@@ -211,7 +210,7 @@ def resnet(blocks: int = 9, widths: tuple = (32, 64, 128), *, norm="batchnorm", 
     check_positive(blocks=blocks)
     if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
         raise ValueError(f"widths={widths!r} must be a non-empty tuple of integers >= 1")
-    check_n_classes(n_classes)
+    check_positive(n_classes=n_classes)
     check_conv_impl(conv_impl)
     spec, act = resolve(norm, activation, norm_options)
     for c in widths:
@@ -252,7 +251,7 @@ def wrn(depth: int = 26, k: int = 2, *, skip: bool = True, norm="batchnorm", act
     check_positive(depth=depth, k=k)
     if (depth - 2) % 6 or depth < 8:
         raise ValueError(f"depth={depth}: a WideResNet needs depth = 6 n + 2 with n >= 1 (e.g. 26)")
-    check_n_classes(n_classes)
+    check_positive(n_classes=n_classes)
     check_conv_impl(conv_impl)
     spec, act = resolve(norm, activation, norm_options)
     n = (depth - 2) // 6

@@ -157,3 +157,28 @@ def activation_metrics(x):
     )
     # flagged when the activation or any of its metrics (a variance past 3e38) is not finite
     return jnp.concatenate([values, (all_finite(x) * all_finite(values))[None]])
+
+
+# ------------------------------------------------------------------------------------------------
+# Two-array metrics ([U] section 4): similar-batch and gradient correlation
+
+
+def correlation(a, b):
+    """Pearson correlation of two arrays of the same shape, flattened over every axis.
+
+    ``sum((a - mean a)(b - mean b)) / sqrt(sum((a - mean a)^2) sum((b - mean b)^2))``, in float32
+    after scaling each array by its ``max |.|`` (exploding values do not overflow). [U] uses it for
+    a layer's outputs on two similar batches (``x`` and ``x + s xi``) and for a layer's gradients
+    on two minibatches. NaN when either array is constant (the correlation is undefined).
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"correlation: shapes differ, {a.shape} vs {b.shape}")
+    a = a.reshape(-1).astype(jnp.float32)
+    b = b.reshape(-1).astype(jnp.float32)
+    a = a / _safe_scale(a)
+    b = b / _safe_scale(b)
+    a = a - jnp.mean(a)
+    b = b - jnp.mean(b)
+    saa, sbb = jnp.sum(a * a), jnp.sum(b * b)
+    denom = jnp.sqrt(saa) * jnp.sqrt(sbb)
+    return jnp.where(denom > 0, jnp.sum(a * b) / jnp.where(denom > 0, denom, 1.0), jnp.nan)

@@ -18,6 +18,8 @@ into ``block1``, ``block2``, ... The same rule turns scanned params into the unr
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Any
 
 import flax.linen as nn
@@ -30,7 +32,27 @@ TAPS = "taps"  # activation metrics, sown
 PROBES = "probes"  # gradient probes, differentiated
 LOSSES = "losses"  # extra loss terms (RegNorm), sown
 N_ACT = len(metrics.ACT_METRICS) + 1  # metrics + finite flag
-_ACT_KEY, _GRAD_KEY = "m", "g"
+_ACT_KEY, _GRAD_KEY, _PAIR_KEY = "m", "g", "c"
+PAIR_AXIS = "sigprop_pair"  # vmap axis of a pair of batches (similar-batch correlation)
+
+# What taps do while a model is traced: "metrics" (activation taps sow ACT_METRICS + finite
+# flag; gradient taps report [||g||, finite]), "pair" (the model runs under
+# ``jax.vmap(..., axis_name=PAIR_AXIS)`` over two batches: activation taps sow the correlation of
+# the activation between them, gradient taps report [correlation of the gradients, finite]) or
+# "off" (activation taps do nothing).
+_MODE: contextvars.ContextVar[str] = contextvars.ContextVar("sigprop_tap_mode", default="metrics")
+
+
+@contextlib.contextmanager
+def tap_mode(mode: str):
+    """Set what activation taps do while models are traced inside the block (see ``_MODE``)."""
+    if mode not in ("metrics", "pair", "off"):
+        raise ValueError(f"mode={mode!r}; allowed: metrics, pair, off")
+    token = _MODE.set(mode)
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
 
 
 @jax.custom_vjp
@@ -52,17 +74,42 @@ def _grad_probe_bwd(_, g):
 _grad_probe.defvjp(_grad_probe_fwd, _grad_probe_bwd)
 
 
+@jax.custom_vjp
+def _pair_grad_probe(x, probe):
+    del probe
+    return x
+
+
+def _pair_grad_probe_bwd(_, g):
+    """Under ``vmap(axis_name=PAIR_AXIS)`` over two batches: the correlation of the two
+    batches' gradients at this layer (and whether this batch's gradient is finite)."""
+    both = jax.lax.all_gather(g, PAIR_AXIS)
+    return g, jnp.stack([metrics.correlation(both[0], both[1]), metrics.all_finite(g)])
+
+
+_pair_grad_probe.defvjp(_grad_probe_fwd, _pair_grad_probe_bwd)
+
+
 def observe_act(module: nn.Module, x):
     """Sow the activation metrics of ``x`` under ``module``'s path; return ``x``."""
-    if not module.is_initializing():
+    if module.is_initializing():
+        return x
+    mode = _MODE.get()
+    if mode == "metrics":
         vec = metrics.activation_metrics(jax.lax.stop_gradient(x))
         module.sow(TAPS, _ACT_KEY, vec, init_fn=lambda: None, reduce_fn=lambda _, v: v)
+    elif mode == "pair":
+        both = jax.lax.all_gather(jax.lax.stop_gradient(x), PAIR_AXIS)
+        module.sow(TAPS, _PAIR_KEY, metrics.correlation(both[0], both[1]), init_fn=lambda: None,
+                   reduce_fn=lambda _, v: v)
     return x
 
 
 def observe_grad(module: nn.Module, x):
     """Identity on ``x`` whose backward pass reports ``||d loss / d x||`` under ``module``'s path."""
     probe = module.variable(PROBES, _GRAD_KEY, jnp.zeros, (2,), jnp.float32)
+    if _MODE.get() == "pair":
+        return _pair_grad_probe(x, probe.value)
     return _grad_probe(x, probe.value)
 
 
@@ -143,6 +190,10 @@ def collect(tree: Any, leaf_key: str) -> dict[str, jax.Array]:
 
 def act_values(taps) -> dict[str, jax.Array]:
     return collect(taps, _ACT_KEY)
+
+
+def pair_values(taps) -> dict[str, jax.Array]:
+    return collect(taps, _PAIR_KEY)
 
 
 def grad_values(probe_grads) -> dict[str, jax.Array]:

@@ -12,6 +12,7 @@ from flax import struct
 from sigprop.metrics import ACT_METRICS
 
 GRAD_METRICS = ("grad_norm",)
+OPTIONAL_METRICS = ("similar_batch_correlation", "gradient_correlation")
 _FORMAT = "sigprop.LayerMetrics/1"
 
 
@@ -24,6 +25,12 @@ class LayerMetrics:
     output of each hidden conv/dense layer, before its normalizer; shortcut convs included, the
     classifier excluded). ``finite`` / ``grad_finite`` flag, per seed and layer, whether every
     value of the activation / gradient was finite. ``config`` records how it was made.
+
+    Optional ([U] section 4, present when ``analyze`` was asked for them, else None):
+    ``similar_batch_correlation`` ``[..., seeds, layers]`` over ``layer_names`` and
+    ``gradient_correlation`` ``[..., seeds, grad layers]`` over ``grad_layer_names``: the Pearson
+    correlation between a batch ``x`` and a similar batch ``x + s xi`` of each activation, and of
+    each layer's loss gradient.
     """
 
     activation_variance: Any
@@ -34,6 +41,8 @@ class LayerMetrics:
     finite: Any
     grad_norm: Any
     grad_finite: Any
+    similar_batch_correlation: Any = None
+    gradient_correlation: Any = None
     layer_names: tuple = struct.field(pytree_node=False, default=())
     grad_layer_names: tuple = struct.field(pytree_node=False, default=())
     config: tuple = struct.field(pytree_node=False, default=())
@@ -41,7 +50,9 @@ class LayerMetrics:
     # ---------------------------------------------------------------------------- access
     @property
     def metric_names(self) -> tuple[str, ...]:
-        return ACT_METRICS + GRAD_METRICS
+        """The metrics this result holds (the optional ones only when measured)."""
+        return ACT_METRICS + GRAD_METRICS + tuple(
+            f for f in OPTIONAL_METRICS if getattr(self, f) is not None)
 
     @property
     def meta(self) -> dict:
@@ -59,7 +70,8 @@ class LayerMetrics:
 
     def names_of(self, metric: str) -> tuple[str, ...]:
         """The layer names of ``metric``'s last axis."""
-        return self.grad_layer_names if metric in GRAD_METRICS else self.layer_names
+        grad = metric in GRAD_METRICS or metric == "gradient_correlation"
+        return self.grad_layer_names if grad else self.layer_names
 
     def layer(self, metric: str, name: str):
         """``metric`` at the layer called ``name``: ``[..., seeds]``."""
@@ -82,8 +94,8 @@ class LayerMetrics:
 
     # ---------------------------------------------------------------------------- io
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {f: np.asarray(getattr(self, f)) for f in ACT_METRICS + ("finite",) + GRAD_METRICS
-                + ("grad_finite",)}
+        fields = ACT_METRICS + ("finite",) + GRAD_METRICS + ("grad_finite",) + OPTIONAL_METRICS
+        return {f: np.asarray(getattr(self, f)) for f in fields if getattr(self, f) is not None}
 
     def save(self, path: str | os.PathLike) -> str:
         """Write one ``.npz`` (arrays, plus the names and config as a JSON string; no pickle).
@@ -166,8 +178,9 @@ def equal(a, b) -> bool:
     """True if two results have equal arrays (NaN == NaN) and names."""
     if (a.layer_names, a.grad_layer_names) != (b.layer_names, b.grad_layer_names):
         return False
-    return all(np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True)
-               for x, y in zip(a._arrays().values(), b._arrays().values()))
+    xa, xb = a._arrays(), b._arrays()
+    return xa.keys() == xb.keys() and all(
+        np.array_equal(xa[k], xb[k], equal_nan=True) for k in xa)
 
 
 __all__ = ["LayerMetrics", "from_arrays", "equal"]

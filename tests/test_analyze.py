@@ -29,7 +29,8 @@ def test_array_inputs_are_shared_by_seeds_and_match_vmapped_single_calls():
     # seed i of a 3-seed call equals seed i computed alone from the same key (vmap is exact)
     keys = engine._seed_keys(jax.random.key(1), 3)
     for i in range(3):
-        acts = engine._run(MODEL, (8, 12), keys[i:i + 1], x, "highest")["acts"]
+        out = engine._run(MODEL, (8, 12), keys[i:i + 1], x, "highest")
+        acts, grads = out["acts"], out["grads"]
         np.testing.assert_allclose(res.cosine_similarity[i], np.asarray(acts)[0, :, 2], rtol=1e-5)
         np.testing.assert_allclose(res.grad_norm[i], np.asarray(grads)[0, :, 0], rtol=1e-5)
 

@@ -1,0 +1,567 @@
+"""``sweep``: :func:`~sigprop.analyze.analyze` over a grid of configs, sharded, persisted, resumable.
+
+How a grid runs:
+
+- Every grid point is built concretely first (``builder(**config)``), so a bad config fails at
+  once with a ``ValueError`` naming the point, before anything is compiled.
+- Points whose built models are equal (linen modules are frozen dataclasses) and whose inputs are
+  equal are one computation: it runs once and every such point gets its numbers.
+- A point runs as ``analyze`` would: the same jitted, seed-vmapped program (so a sweep and an
+  ``analyze`` of an equal model and shape share one compile), the same seed keys
+  (``fold_in(key, i)`` for seed ``i``: a point's numbers do not depend on the rest of the grid),
+  the seed axis sharded over every device (:mod:`sigprop.devices`).
+- Points equal except for float-valued config entries (resnet's ``alpha``, a normalizer's ``eps``
+  or ``reg_strength``) are tried as one program: the builder is called inside ``jit`` with those
+  floats as traced scalars and the (points x seeds) axis is vmapped and sharded. A builder that
+  needs the float's value in Python (``float(alpha)``, ``if alpha == 1``) cannot be traced; such a
+  group falls back to one program per value.
+- With ``out``, each finished point is written as soon as its program returns, atomically (a
+  temporary ``.<id>.<pid>.tmp.npz`` renamed to ``<id>.npz``), and a rerun loads finished points
+  instead of computing them: a sweep killed at any moment resumes with nothing lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import inspect
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import warnings
+from typing import Any, Callable, NamedTuple
+
+import jax
+import numpy as np
+
+from sigprop import devices
+from sigprop.analyze import (
+    DEFAULT_NOISE,
+    NonFiniteWarning,
+    Options,
+    _assemble,
+    _config,
+    _one_seed,
+    _seed_keys,
+    check_inputs,
+    check_options,
+    run_sharded,
+)
+from sigprop.progress import Progress
+from sigprop.results import LayerMetrics
+
+log = logging.getLogger(__name__)
+
+_PRECISIONS = ("default", "high", "highest", "float32", "bfloat16", "tensorfloat32")
+_RESULT = re.compile(r"[0-9a-f]{16}\.npz")  # a finished point; temporaries never match
+_TMP = re.compile(r"\.([0-9a-f]{16})\.(\d+)\.tmp\.npz")
+_UNTRACEABLE: set = set()  # value groups whose builder could not be traced (not retried)
+
+
+class Point(NamedTuple):
+    """One grid point's result: its config and its :class:`~sigprop.results.LayerMetrics`."""
+
+    config: dict
+    metrics: LayerMetrics
+
+
+# ------------------------------------------------------------------------------------- grid
+def expand_grid(grid) -> list[dict]:
+    """The grid's points as config dicts, in order.
+
+    ``grid`` is a dict ``name -> list of values`` (the cartesian product in the dict's order, the
+    last name varying fastest) or a list of config dicts (taken as they are). NumPy scalars become
+    Python scalars (so builders' ``isinstance(v, int)`` checks and JSON work)."""
+    if isinstance(grid, dict):
+        names = list(grid)
+        for name in names:
+            if not isinstance(name, str):
+                raise ValueError(f"grid: keys must be parameter names (str); got {name!r}")
+            values = grid[name]
+            if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, range,
+                                                                            np.ndarray)):
+                raise ValueError(f"grid[{name!r}] must be a list of values; got {values!r} "
+                                 f"(write [{values!r}] for a single value)")
+            if len(values) == 0:
+                raise ValueError(f"grid[{name!r}] is empty")
+        points = [dict(zip(names, combo)) for combo in itertools.product(*grid.values())]
+    elif isinstance(grid, (list, tuple)):
+        points = list(grid)
+        for i, p in enumerate(points):
+            if not isinstance(p, dict) or not all(isinstance(k, str) for k in p):
+                raise ValueError(f"grid[{i}] must be a config dict name -> value; got {p!r}")
+    else:
+        raise ValueError("grid must be a dict name -> list of values, or a list of config dicts; "
+                         f"got {type(grid).__name__}")
+    if not points:
+        raise ValueError("grid has no points")
+    return [{k: _py(v) for k, v in p.items()} for p in points]
+
+
+def _py(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _builder_params(builder) -> tuple[list[str], bool]:
+    """``(parameter names, takes **kwargs)`` of ``builder`` (empty, True when unknown)."""
+    try:
+        sig = inspect.signature(builder)
+    except (TypeError, ValueError):
+        return [], True
+    names = [p.name for p in sig.parameters.values()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return names, any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def _builder_name(builder) -> str:
+    """A name for ``builder`` that is stable across processes (it enters the points' ids)."""
+    if isinstance(builder, functools.partial):
+        return f"{_builder_name(builder.func)}(*{_canonical(list(builder.args))}, " \
+               f"**{_canonical(builder.keywords)})"
+    return f"{getattr(builder, '__module__', '?')}.{getattr(builder, '__qualname__', type(builder).__qualname__)}"
+
+
+# ---------------------------------------------------------------------------- ids and JSON
+def _json_default(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, functools.partial) or callable(v):
+        return _builder_name(v)
+    raise TypeError(f"{v!r} ({type(v).__name__}) has no JSON form")
+
+
+def _canonical(obj) -> str:
+    """Canonical JSON: sorted keys, no spaces; functions and classes as ``module.qualname``."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def _key_json(key):
+    if isinstance(key, (int, np.integer)):
+        return int(key)
+    return {"impl": str(jax.random.key_impl(key)),
+            "data": np.asarray(jax.random.key_data(key)).tolist()}
+
+
+def _digest(x) -> str:
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    return hashlib.sha256(x.tobytes() + str(x.shape).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------- kernels
+class _Traced:
+    """``model = builder(**static, **{names[i]: values[i]})``, callable on traced ``values``.
+
+    Hashable and comparable (a static argument of :func:`_run_values`)."""
+
+    def __init__(self, builder, static: dict, names: tuple[str, ...]):
+        self.builder, self.static, self.names = builder, static, names
+        self._key = (builder, _hashable(static), names)
+        hash(self._key)  # raises TypeError for unhashable builders or values
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, _Traced) and self._key == other._key
+
+    def __call__(self, values):
+        return self.builder(**self.static, **{n: values[i] for i, n in enumerate(self.names)})
+
+
+def _hashable(v):
+    if isinstance(v, dict):
+        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_hashable(x) for x in v)
+    return v
+
+
+@functools.partial(jax.jit, static_argnames=("make", "shape", "impl", "precision", "opts"))
+def _run_values(make, shape, keys, values, x, impl, precision, opts=Options()):
+    """Items of a (points x seeds) axis in one vmapped call: item ``j`` builds
+    ``make(values[j])`` with the float config values traced and runs one seed with key
+    ``keys[j]`` (raw key data, ``impl``). The axis may be sharded over devices."""
+    keys = jax.random.wrap_key_data(keys, impl=impl)
+
+    def one(key, v):
+        return _one_seed(make(v), shape, key, x, opts=opts)
+
+    with jax.default_matmul_precision(precision):
+        return jax.vmap(one)(keys, values)
+
+
+def run_values(make, shape, keys, values, x, precision="highest", opts=Options(),
+               mesh=None, host=True):
+    """:func:`_run_values` on ``keys [n]`` (typed) and ``values [n, F]``, the ``n`` axis padded
+    to a multiple of the device count and sharded. Returns numpy ``[n, ...]`` arrays (or, with
+    ``host=False``, the sharded device arrays, padding included)."""
+    m = devices.mesh() if mesh is None else mesh
+    n = keys.shape[0]
+    impl = str(jax.random.key_impl(keys))
+    data = np.asarray(jax.random.key_data(keys))
+    values = np.asarray(values, np.float32)
+    pad = devices.padded_size(n, m) - n
+    if pad:  # repeat the first item: computed, then dropped
+        data = np.concatenate([data, np.repeat(data[:1], pad, axis=0)])
+        values = np.concatenate([values, np.repeat(values[:1], pad, axis=0)])
+    if x is not None:
+        x = jax.device_put(x, devices.replicated(m))
+    out = _run_values(make, shape, devices.shard_leading(data, m),
+                      devices.shard_leading(values, m), x, impl, precision, opts)
+    if not host:
+        return out
+    return {k: v[:n] for k, v in devices.to_host(out).items()}
+
+
+# --------------------------------------------------------------------------------- points
+@dataclasses.dataclass
+class _Point:
+    index: int
+    config: dict
+    model: Any
+    shape: tuple
+    x: Any  # the inputs array, or None (each seed draws N(0, 1) inputs)
+    xdigest: str | None
+    id: str
+    config_json: str
+
+
+def _resolve(builder, configs, inputs, seeds, key, precision, opts, strict) -> list[_Point]:
+    """Build and validate every point; compute its id."""
+    params, var_kw = _builder_params(builder)
+    bname = _builder_name(builder)
+    fixed_x = None if callable(inputs) or _is_shape(inputs) else inputs
+    fixed_digest = None if fixed_x is None else _digest(fixed_x)
+    points, seen = [], {}
+    for i, config in enumerate(configs):
+        where = f"grid point {i} {config}"
+        unknown = sorted(set(config) - set(params))
+        if unknown and not var_kw:
+            raise ValueError(f"{where}: {bname} takes no parameter(s) {', '.join(unknown)}; "
+                             f"its parameters: {', '.join(params)}")
+        try:
+            model = builder(**config)
+        except TypeError as e:
+            raise ValueError(f"{where}: {e}; {bname}'s parameters: {', '.join(params)}") from e
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
+        point_inputs = inputs(config) if callable(inputs) else inputs
+        try:
+            shape, x = check_inputs(model, point_inputs)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
+        xdigest = None if x is None else (fixed_digest if point_inputs is fixed_x else _digest(x))
+        try:
+            config_json = _canonical(config)
+        except TypeError as e:
+            if strict:
+                raise ValueError(f"{where}: cannot be saved ({e}); use JSON values (numbers, "
+                                 "strings, lists) or named functions") from e
+            config_json = json.dumps({k: repr(v) for k, v in config.items()}, sort_keys=True)
+        ident = dict(builder=bname, model=type(model).__name__, config=json.loads(config_json),
+                     inputs=list(shape) if x is None else dict(shape=list(shape), sha256=xdigest),
+                     seeds=seeds, key=_key_json(key), precision=precision)
+        if opts != Options():
+            ident["options"] = {k: v for k, v in opts._asdict().items()
+                                if v != Options()._asdict()[k]}
+        pid = hashlib.sha256(_canonical(ident).encode()).hexdigest()[:16]
+        if strict and pid in seen and seen[pid] != config:
+            raise ValueError(f"{where} and {seen[pid]} are different configs with the same saved "
+                             "form; give their values distinct names")
+        seen.setdefault(pid, config)
+        points.append(_Point(i, config, model, shape, x, xdigest, pid, config_json))
+    return points
+
+
+def _is_shape(inputs) -> bool:
+    return isinstance(inputs, (tuple, list)) and all(isinstance(d, (int, np.integer))
+                                                     for d in inputs)
+
+
+def _plan(points: list[_Point]) -> list[tuple[str, list[list[_Point]]]]:
+    """Units of work, in grid order: ``("static", [job])`` or ``("values", [job, job, ...])``,
+    where a job is the points sharing one computation (equal model, shape and inputs) and a
+    ``"values"`` unit holds jobs whose configs differ only in float values."""
+    jobs: dict = {}
+    for p in points:
+        jobs.setdefault((p.model, p.shape, p.xdigest), []).append(p)
+    units, groups = [], {}
+    for job in jobs.values():
+        gkey = _value_group(job[0])
+        if gkey is None:
+            units.append(("static", [job]))
+        else:
+            groups.setdefault(gkey, []).append(job)
+    for group in groups.values():
+        if len(group) > 1:
+            units.append(("values", group))
+        else:
+            units.append(("static", group))
+    units.sort(key=lambda u: u[1][0][0].index)
+    return units
+
+
+def _float_names(config: dict) -> tuple[str, ...]:
+    return tuple(sorted(k for k, v in config.items() if isinstance(v, float)))
+
+
+def _value_group(p: _Point):
+    """What a point shares with the points that differ from it only in float values (or None)."""
+    floats = _float_names(p.config)
+    if not floats:
+        return None
+    static = {k: v for k, v in p.config.items() if k not in floats}
+    try:
+        gkey = (_hashable(static), floats, p.shape, p.xdigest, type(p.model),
+                p.model.layer_names, p.model.grad_layer_names)
+        hash(gkey)
+    except (TypeError, AttributeError):
+        return None
+    return gkey
+
+
+def _is_runtime_error(e: Exception) -> bool:
+    return isinstance(e, (jax.errors.JaxRuntimeError, MemoryError))
+
+
+def _run_unit(kind, group, builder, keys, precision, opts, mesh) -> list[dict]:
+    """Numpy outputs ``{name: [seeds, ...]}`` of each job of the unit."""
+    first = group[0][0]
+    if kind == "values":
+        names = _float_names(first.config)
+        static = {k: v for k, v in first.config.items() if k not in names}
+        try:
+            make = _Traced(builder, static, names)
+        except TypeError:
+            make = None
+        if make is not None and make not in _UNTRACEABLE:
+            seeds, n = keys.shape[0], len(group)
+            values = np.array([[job[0].config[k] for k in names] for job in group], np.float32)
+            data = np.tile(np.asarray(jax.random.key_data(keys)), (n, 1))  # point-major
+            flat_keys = jax.random.wrap_key_data(data, impl=jax.random.key_impl(keys))
+            try:
+                out = run_values(make, first.shape, flat_keys, np.repeat(values, seeds, axis=0),
+                                 first.x, precision, opts, mesh)
+            except Exception as e:  # noqa: BLE001 - a builder that cannot take traced floats
+                if _is_runtime_error(e):
+                    raise
+                _UNTRACEABLE.add(make)
+                log.info("sweep: %s with traced %s failed (%s: %s); one program per value",
+                         _builder_name(builder), ", ".join(names), type(e).__name__,
+                         str(e).splitlines()[0] if str(e) else "")
+            else:
+                log.info("sweep: %d points differing in %s as one program", len(group),
+                         ", ".join(names))
+                return [{k: v.reshape(n, seeds, *v.shape[1:])[j] for k, v in out.items()}
+                        for j in range(n)]
+    return [run_sharded(job[0].model, job[0].shape, keys, job[0].x, precision, opts, mesh=mesh)
+            for job in group]
+
+
+# ----------------------------------------------------------------------------- persistence
+def _write(result: LayerMetrics, out: str, pid: str) -> None:
+    """Atomically: save to ``.<id>.<process id>.tmp.npz``, flush to disk, rename to ``<id>.npz``."""
+    tmp = os.path.join(out, f".{pid}.{os.getpid()}.tmp.npz")
+    result.save(tmp)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, os.path.join(out, f"{pid}.npz"))
+    try:  # make the rename itself durable (POSIX)
+        dfd = os.open(out, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def _remove_stale_temporaries(out: str) -> None:
+    """Delete temporaries left by killed sweeps (their process is gone)."""
+    for name in os.listdir(out):
+        m = _TMP.fullmatch(name)
+        if not m:
+            continue
+        try:
+            os.kill(int(m.group(2)), 0)
+        except ProcessLookupError:
+            try:
+                os.remove(os.path.join(out, name))
+            except FileNotFoundError:
+                pass
+        except (PermissionError, OSError):
+            pass  # alive (another user's), or not ours to judge
+
+
+def _load_point(path: str) -> Point:
+    try:
+        res = LayerMetrics.load(path)
+        config = json.loads(res.meta["sweep_point"])
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{path} is not a finished sweep point ({e}); delete it to recompute "
+                         "the point") from e
+    return Point(config, res)
+
+
+def _order(config: dict):
+    def rank(v):
+        if v is None:
+            return (0, 0, "")
+        if isinstance(v, bool):
+            return (1, int(v), "")
+        if isinstance(v, (int, float)):
+            return (2, 0, "") if math.isnan(v) else (2, v, "")
+        if isinstance(v, str):
+            return (3, 0, v)
+        return (4, 0, json.dumps(v, sort_keys=True))
+
+    return tuple((k, rank(config[k])) for k in sorted(config))
+
+
+def load_sweep(out) -> list[Point]:
+    """The finished points in the folder ``out`` of :func:`sweep`: ``[(config, LayerMetrics)]``.
+
+    Sorted by config: by the sorted config keys, numbers numerically, strings alphabetically
+    (then by file name, for points with equal configs from sweeps with other inputs, seeds or
+    key). Configs come back from JSON (tuples as lists). Temporaries of a killed sweep
+    (``.*.tmp.npz``) are ignored."""
+    out = os.fspath(out)
+    if not os.path.isdir(out):
+        raise ValueError(f"out={out!r} is not a folder written by sigprop.sweep")
+    names = sorted(n for n in os.listdir(out) if _RESULT.fullmatch(n))
+    points = [(n, _load_point(os.path.join(out, n))) for n in names]
+    return [p for _, p in sorted(points, key=lambda np_: (_order(np_[1].config), np_[0]))]
+
+
+# ----------------------------------------------------------------------------------- sweep
+def sweep(builder: Callable[..., Any], grid, inputs, *, seeds: int, out=None, key=0,
+          precision: str = "highest", similar_batch_noise: float | None = None,
+          gradient_correlation: bool = False, progress: bool = True, mesh=None) -> list[Point]:
+    """:func:`~sigprop.analyze.analyze` at every point of ``grid``, compiled as little as possible.
+
+    Args:
+      builder: ``builder(**config)`` returns a model, e.g. ``sigprop.mlp``.
+      grid: a dict ``name -> list of values`` (the cartesian product, the last name varying
+        fastest) or a list of config dicts.
+      inputs: a shape tuple, an array ``[batch, ...]`` (shared by every point and seed), or a
+        callable ``config -> shape or array`` (e.g. a batch size from the config).
+      seeds: random seeds per point (>= 1). Every point uses ``analyze``'s seed keys for ``key``:
+        a point's numbers equal ``analyze(builder(**config), inputs, seeds=seeds, key=key)``
+        (to float rounding when its float values ran traced in a group) whatever else the grid
+        holds.
+      out: a folder; each finished point is written there atomically as ``<id>.npz`` (the id a
+        hash of the builder, config, inputs, seeds, key, precision and options), and points
+        already there are loaded instead of computed. Read it back with :func:`load_sweep`.
+      key: an int or a ``jax.random`` key.
+      precision, similar_batch_noise, gradient_correlation: as in ``analyze``.
+      progress: a progress bar on stderr (points done, rate, time left).
+      mesh: a 1-D ``jax.sharding.Mesh`` (``sigprop.devices.mesh``); default every device.
+
+    Returns:
+      ``[(config, LayerMetrics)]`` (:class:`Point`), one per grid point, in grid order; each
+      ``LayerMetrics.config`` also holds the point's config (``"sweep_point"``, JSON) and id.
+    """
+    if not callable(builder):
+        raise ValueError(f"builder must be a callable returning a model (e.g. sigprop.mlp); "
+                         f"got {builder!r}")
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, np.integer)) or seeds < 1:
+        raise ValueError(f"seeds={seeds!r} must be an integer >= 1")
+    seeds = int(seeds)
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision={precision!r}; allowed: {', '.join(_PRECISIONS)}")
+    if isinstance(key, bool) or not (isinstance(key, (int, np.integer)) or (
+            isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+            and key.shape == ())):
+        raise ValueError(f"key={key!r} must be an int or a jax.random.key")
+    if not (callable(inputs) or _is_shape(inputs) or hasattr(inputs, "shape")
+            or isinstance(inputs, (list, tuple))):
+        raise ValueError("inputs must be a shape tuple, an array [batch, ...] or a callable "
+                         f"config -> shape; got {type(inputs).__name__}")
+    if out is not None:
+        out = os.fspath(out)
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise ValueError(f"out={out!r} exists and is not a folder")
+    configs = expand_grid(grid)
+    opts = check_options(similar_batch_noise, gradient_correlation)
+    points = _resolve(builder, configs, inputs, seeds, key, precision, opts, out is not None)
+
+    results: dict[int, LayerMetrics] = {}
+    writer = out is not None and jax.process_index() == 0
+    if out is not None:
+        os.makedirs(out, exist_ok=True)
+        if writer:
+            _remove_stale_temporaries(out)
+        for p in points:
+            path = os.path.join(out, f"{p.id}.npz")
+            if os.path.exists(path):
+                results[p.index] = _load_point(path).metrics
+    todo = [p for p in points if p.index not in results]
+    varying = [k for k in configs[0] if len({_canonical_or_repr(c.get(k)) for c in configs}) > 1]
+
+    root = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
+    keys = _seed_keys(root, seeds)
+    m = devices.mesh() if mesh is None else mesh
+    bar = Progress(len(todo), "points") if progress and todo else None
+    if bar is not None and results:
+        bar.stream.write(f"sweep: {len(results)} of {len(points)} points already in {out}\n")
+    try:
+        if bar is not None:
+            bar.__enter__()
+        for kind, group in _plan(todo):
+            outs = _run_unit(kind, group, builder, keys, precision, opts, m)
+            for job, arrays in zip(group, outs):
+                for p in job:
+                    config = _config(p.model, p.shape, seeds, key, p.x is not None)
+                    if opts.similar_batch or opts.gradient_correlation:  # as analyze records them
+                        config["options"] = dict(
+                            similar_batch_noise=opts.similar_batch_noise or DEFAULT_NOISE,
+                            similar_batch=opts.similar_batch,
+                            gradient_correlation=opts.gradient_correlation)
+                    config.update(sweep_point=p.config_json, sweep_id=p.id)
+                    res = _assemble(arrays, p.model, config, opts)
+                    if writer:
+                        _write(res, out, p.id)
+                    results[p.index] = res
+                    if bar is not None:
+                        bar.advance(" ".join(f"{k}={p.config.get(k)}" for k in varying))
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    final = [Point(dict(p.config), results[p.index]) for p in points]
+    _warn_nonfinite(final)
+    return final
+
+
+def _canonical_or_repr(v) -> str:
+    try:
+        return _canonical(v)
+    except TypeError:
+        return repr(v)
+
+
+def _warn_nonfinite(points: list[Point]) -> None:
+    bad = [(p, p.metrics.first_nonfinite()) for p in points]
+    bad = [(p, b) for p, b in bad if b is not None]
+    if bad:
+        (p, (kind, idx, name)) = bad[0]
+        warnings.warn(
+            f"non-finite values in {len(bad)} of {len(points)} sweep points; in {p.config} they "
+            f"first appear in the {kind} of layer {name!r} (index {idx}); they are flagged in "
+            "LayerMetrics.finite / grad_finite",
+            NonFiniteWarning,
+            stacklevel=3,
+        )
+
+
+__all__ = ["sweep", "load_sweep", "expand_grid", "Point"]

@@ -1,0 +1,125 @@
+"""Sharding over devices: ``analyze`` and ``sweep`` on 4 (forced host) devices equal 1 device.
+
+JAX reads ``XLA_FLAGS`` once, at import, so each device count runs in its own Python process
+(both at once); each writes its numbers to an ``.npz`` and its view of the shardings to JSON.
+The seed count (3) and the sweep's (points x seeds) axis (9 items) are not multiples of 4: the
+padding items must be computed and dropped without touching the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+import sigprop
+from sigprop import devices
+from sigprop.sweep import sweep
+
+sw, an = sys.modules["sigprop.sweep"], sys.modules["sigprop.analyze"]
+out_npz, out_json = sys.argv[1], sys.argv[2]
+
+
+def scaled(depth, width, eps):
+    return sigprop.mlp(depth, width, norm="layernorm", eps=eps, n_classes=10)
+
+
+model = sigprop.mlp(2, 8, norm="layernorm", n_classes=10)
+arrays = {}
+res = sigprop.analyze(model, (8, 8), seeds=3, key=2)
+for f, v in res._arrays().items():
+    arrays["analyze/" + f] = v
+grid = {"depth": [2], "width": [8], "eps": [1e-5, 0.1, 1.0]}  # traced: 3 x 3 = 9 items
+points = sweep(scaled, grid, (8, 8), seeds=3, key=2, progress=False)
+points += sweep(sigprop.mlp, {"depth": [2], "width": [8], "norm": ["layernorm"],
+                              "n_classes": [10]}, (8, 8), seeds=3, key=2, progress=False)
+for i, p in enumerate(points):
+    for f, v in p.metrics._arrays().items():
+        arrays[f"sweep{i}/" + f] = v
+np.savez(out_npz, **arrays)
+
+# the programs' outputs before they reach the host (both calls hit the jit caches above)
+m = devices.mesh()
+keys = an._seed_keys(jax.random.key(2), 3)
+flat = jax.random.wrap_key_data(np.tile(np.asarray(jax.random.key_data(keys)), (3, 1)))
+values = np.repeat(np.array([[1e-5], [0.1], [1.0]], np.float32), 3, axis=0)
+make = sw._Traced(scaled, {"depth": 2, "width": 8}, ("eps",))
+swept = sw.run_values(make, (8, 8), flat, values, None, host=False)["acts"]
+data = np.asarray(jax.random.key_data(an._seed_keys(jax.random.key(2), devices.padded_size(3, m))))
+analyzed = an._run(model, (8, 8), devices.shard_leading(data, m), None, "highest")["acts"]
+info = dict(devices=jax.device_count(),
+            traces=sw._run_values._cache_size(),
+            **{name: dict(shape=list(a.shape), spec=str(a.sharding.spec),
+                          shards=sorted([s.device.id, s.data.shape[0]]
+                                        for s in a.addressable_shards))
+               for name, a in (("sweep", swept), ("analyze", analyzed))})
+json.dump(info, open(out_json, "w"))
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """``{device count: (numbers, sharding info)}`` for 1 and 4 host devices."""
+    tmp = tmp_path_factory.mktemp("sharding")
+    procs = {}
+    for n in (1, 4):
+        flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "",
+                       os.environ.get("XLA_FLAGS", ""))
+        env = dict(os.environ, JAX_PLATFORMS="cpu",
+                   XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={n}".strip())
+        if "xla_backend_optimization_level" not in env["XLA_FLAGS"]:
+            env["XLA_FLAGS"] += " --xla_backend_optimization_level=1"
+        procs[n] = subprocess.Popen(
+            [sys.executable, "-c", SCRIPT, str(tmp / f"{n}.npz"), str(tmp / f"{n}.json")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    results = {}
+    for n, proc in procs.items():
+        output, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, output
+        with np.load(tmp / f"{n}.npz") as data:
+            numbers = {k: data[k] for k in data.files}
+        results[n] = numbers, json.loads((tmp / f"{n}.json").read_text())
+    return results
+
+
+def test_the_subprocesses_see_1_and_4_devices(runs):
+    assert runs[1][1]["devices"] == 1
+    assert runs[4][1]["devices"] == 4
+
+
+def test_4_devices_give_the_numbers_of_1(runs):
+    one, four = runs[1][0], runs[4][0]
+    assert one.keys() == four.keys()
+    assert {k.split("/")[0] for k in one} == {"analyze", "sweep0", "sweep1", "sweep2", "sweep3"}
+    for k in one:
+        assert one[k].shape == four[k].shape and one[k].shape[0] == 3, k  # padding dropped
+        if one[k].dtype == bool:
+            np.testing.assert_array_equal(four[k], one[k], err_msg=k)
+        else:
+            np.testing.assert_allclose(four[k], one[k], rtol=1e-6, atol=0, err_msg=k)
+    # sweep's static point is analyze's own computation, on either device count
+    np.testing.assert_array_equal(four["sweep3/cosine_similarity"],
+                                  four["analyze/cosine_similarity"])
+
+
+def test_the_sweep_group_ran_as_one_traced_program(runs):
+    assert runs[1][1]["traces"] == 1 and runs[4][1]["traces"] == 1
+
+
+@pytest.mark.parametrize("name, items", [("sweep", 9), ("analyze", 3)])
+def test_outputs_are_split_over_the_4_devices(runs, name, items):
+    info = runs[4][1][name]
+    padded = 4 * -(-items // 4)
+    assert info["shape"][0] == padded
+    assert "points" in info["spec"]
+    assert info["shards"] == [[d, padded // 4] for d in range(4)]  # a quarter on each device
+    single = runs[1][1][name]
+    assert single["shards"] == [[0, items]]

@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import re
+import sys
 import warnings
 from typing import Any, Callable, NamedTuple
 
@@ -507,14 +508,15 @@ def sweep(builder: Callable[..., Any], grid, inputs, *, seeds: int, out=None, ke
             if os.path.exists(path):
                 results[p.index] = _load_point(path).metrics
     todo = [p for p in points if p.index not in results]
-    varying = [k for k in configs[0] if len({_canonical_or_repr(c.get(k)) for c in configs}) > 1]
+    keys_seen = dict.fromkeys(k for c in configs for k in c)
+    varying = [k for k in keys_seen if len({_canonical_or_repr(c.get(k)) for c in configs}) > 1]
 
     root = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
     keys = _seed_keys(root, seeds)
     m = devices.mesh() if mesh is None else mesh
     bar = Progress(len(todo), "points") if progress and todo else None
-    if bar is not None and results:
-        bar.stream.write(f"sweep: {len(results)} of {len(points)} points already in {out}\n")
+    if progress and results:
+        sys.stderr.write(f"sweep: {len(results)} of {len(points)} points already in {out}\n")
     try:
         if bar is not None:
             bar.__enter__()

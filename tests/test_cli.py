@@ -16,6 +16,7 @@ import sigprop
 from sigprop import cli, normalizers, quickstart
 from sigprop.metrics import ACT_METRICS
 from sigprop.results import from_arrays
+from sigprop.sweep import load_sweep
 
 N_NORMALIZERS = 18
 
@@ -120,3 +121,87 @@ def test_python_dash_m_sigprop():
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == normalizers.names()
+
+
+# ---------------------------------------------------------------------------------- sweep
+def sweep_args(*extra):
+    return ["sweep", "--model", "mlp", "--depth", "2", "--width", "8", "--batch", "8",
+            "--classes", "10", "--seeds", "3", *extra]
+
+
+def test_sweep_command_table_files_and_resume(capsys, tmp_path):
+    out = tmp_path / "grid"
+    argv = sweep_args("--norm", "layernorm,groupnorm", "--group-size", "4", "--out", str(out))
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "2/2 points" in captured.err  # the progress bar
+    points = load_sweep(out)
+    assert [(p.config["norm"], p.config.get("group_size")) for p in points] == [
+        ("groupnorm", 4), ("layernorm", None)]
+    assert len(list(out.iterdir())) == 2
+    lines = captured.out.splitlines()
+    assert lines[1].split()[:2] == ["norm", "group_size"] and str(out) in lines[-1]
+    for p in points:  # the table's numbers are the saved points' (mean over seeds, as printed)
+        row = next(ln.split() for ln in lines if ln.split()[:1] == [p.config["norm"]])
+        cos = np.asarray(p.metrics.cosine_similarity)[:, -1]
+        g = np.asarray(p.metrics.grad_norm)
+        assert float(row[2]) == round(float(cos.mean()), 3)
+        assert float(row[5]) == pytest.approx(float((g[:, 0] / g[:, -1]).mean()), rel=1e-2)
+        assert p.metrics.meta["inputs"] == (8, 8) and p.metrics.seeds == 3
+
+    assert cli.main(argv) == 0  # a rerun computes nothing and prints the same table
+    again = capsys.readouterr()
+    assert "2 of 2 points already in" in again.err and again.out == captured.out
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--model", "mlp", "--norm", "batchnorm,groupnorm,evonorm_s0", "--depth", "3",
+      "--width", "16,32", "--group-size", "4,8", "--batch", "8,16"],
+     # a group size is an axis of the grouped normalizers only
+     [("batchnorm", 16, None, 8), ("batchnorm", 16, None, 16), ("batchnorm", 32, None, 8),
+      ("batchnorm", 32, None, 16)]
+     + [(n, w, g, b) for n in ("groupnorm", "evonorm_s0") for w in (16, 32) for g in (4, 8)
+        for b in (8, 16)]),
+    (["--model", "cnn", "--depth", "4"], [("batchnorm", 64, None, 64)]),
+    (["--model", "wrn", "--norm", "layernorm"], [("layernorm", 2, None, 64)]),
+    (["--model", "resnet56", "--batch", "4"], [("batchnorm", None, None, 4)]),
+])
+def test_sweep_command_grid(monkeypatch, capsys, argv, expected):
+    seen = {}
+
+    def fake(builder, grid, inputs, **kw):
+        seen.update(grid=grid, shapes=[inputs(c) for c in grid], models=[builder(**c) for c in grid],
+                    **kw)
+        return []
+
+    monkeypatch.setattr(sys.modules["sigprop.sweep"], "sweep", fake)
+    assert cli.main(["sweep", *argv]) == 0
+    grid = seen["grid"]
+    assert [(c["norm"], c.get("width"), c.get("group_size"), c["batch"]) for c in grid] == expected
+    assert seen["seeds"] == 3 and seen["out"] is None and seen["progress"] is True
+    for c, shape, model in zip(grid, seen["shapes"], seen["models"]):
+        if c["model"] == "mlp":
+            assert shape == (c["batch"], c["width"]) and model.depth == 3
+        else:
+            assert shape == (c["batch"], 32, 32, 3)
+        assert model.spec.name == c["norm"]
+        assert dict(model.spec.options).get("group_size") == c.get("group_size")
+    if argv[1] == "cnn":
+        assert grid[0]["cfg"] == "uniform" and len(seen["models"][0].layers) == 4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "resnet56", "--depth", "20"], "resnet56 has a fixed depth"),
+    (["--model", "cnn", "--width", "32"], "--depth/--width are for --cfg uniform"),
+    (["--model", "mlp", "--norm", "batchnorm", "--group-size", "4"],
+     "--group-size applies to groupnorm, evonorm_s0"),
+    (["--model", "mlp", "--norm", "nope"], "unknown normalizer norm='nope'"),
+    (["--model", "mlp", "--norm", "groupnorm", "--width", "8", "--group-size", "3"],
+     "group_size=3 must be a positive divisor"),
+    (["--model", "mlp", "--depth", "0"], "depth=0 must be an integer >= 1"),
+    (["--model", "wrn", "--cfg", "cfg_10"], "--cfg is for --model cnn"),
+])
+def test_sweep_command_errors_are_clean(capsys, argv, message):
+    assert cli.main(["sweep", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigprop: error:") and message in err and "Traceback" not in err

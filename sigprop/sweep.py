@@ -468,6 +468,8 @@ def sweep(builder: Callable[..., Any], grid, inputs, *, seeds: int, out=None, ke
       precision, similar_batch_noise, gradient_correlation: as in ``analyze``.
       progress: a progress bar on stderr (points done, rate, time left).
       mesh: a 1-D ``jax.sharding.Mesh`` (``sigprop.devices.mesh``); default every device.
+        Under ``jax.distributed`` every process runs the same call, ``out`` must be a folder they
+        all see, and process 0 writes it.
 
     Returns:
       ``[(config, LayerMetrics)]`` (:class:`Point`), one per grid point, in grid order; each

@@ -286,3 +286,15 @@ def test_sweep_killed_with_sigkill_resumes_with_nothing_lost_or_duplicated(tmp_p
     for a, b in zip(resumed, whole):
         assert a.config == b.config
         assert_same(a.metrics, b.metrics)
+
+
+@pytest.mark.slow
+def test_optional_metrics_ride_along():
+    kw = dict(seeds=3, key=1, similar_batch_noise=0.1, gradient_correlation=True)
+    points = sweep(scaled, {"depth": [2], "width": [8], "eps": [EPS[0], EPS[3]]}, SHAPE,
+                   progress=False, **kw)
+    for p in points:
+        ref = sigprop.analyze(model(eps=p.config["eps"]), SHAPE, **kw)
+        assert p.metrics.similar_batch_correlation is not None
+        assert p.metrics.meta["options"] == ref.meta["options"]
+        assert_same(p.metrics, ref, rtol=2e-5)

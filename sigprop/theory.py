@@ -1,4 +1,4 @@
-"""Closed forms and mean-field maps for wide, randomly initialized networks (science.md claims 9-11).
+"""Closed forms and mean-field maps of wide, randomly initialized networks (science.md 3, 9-11).
 
 Pure numpy functions, no model code: the numbers sigprop's measurements are compared with.
 
@@ -43,6 +43,7 @@ _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
 _SCALED_RELU_GAIN = math.sqrt(2 * math.pi / (math.pi - 1))
 _LEAKY_SLOPE = 0.01  # jax.nn.leaky_relu's default
+_INV_SQRT_2PI = 1.0 / math.sqrt(2 * math.pi)
 
 
 def _sigmoid(x):
@@ -68,7 +69,7 @@ _ACTIVATIONS: dict[str, Callable] = {
     "selu": lambda x: _SELU_SCALE * np.where(x > 0, x, _SELU_ALPHA * np.expm1(np.minimum(x, 0.0))),
     "sigmoid": _sigmoid,
     "softplus": lambda x: np.logaddexp(0.0, x),
-    "scaled_relu": lambda x: _SCALED_RELU_GAIN * (np.maximum(x, 0.0) - 1.0 / math.sqrt(2 * math.pi)),
+    "scaled_relu": lambda x: _SCALED_RELU_GAIN * (np.maximum(x, 0.0) - _INV_SQRT_2PI),
 }
 ACTIVATION_NAMES = tuple(_ACTIVATIONS)
 """Activations known by name: ``gelu`` is the exact ``x Phi(x)``; ``swish`` = ``silu`` =
@@ -115,8 +116,9 @@ def _variances(name: str, q, *, strict: bool) -> np.ndarray:
 
 def _cosines(name: str, c) -> np.ndarray:
     c = np.asarray(c, dtype=float)
-    if (np.abs(c) > 1 + _C_TOL).any():
-        raise ValueError(f"{name} must lie in [-1, 1] (a cosine); got {c[np.abs(c) > 1 + _C_TOL].flat[0]!r}")
+    outside = np.abs(c) > 1 + _C_TOL
+    if outside.any():
+        raise ValueError(f"{name} must lie in [-1, 1] (a cosine); got {c[outside].flat[0]!r}")
     return np.clip(c, -1.0, 1.0)
 
 

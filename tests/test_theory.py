@@ -102,7 +102,8 @@ def test_post_activation_cosines_iterate_the_map_in_a_wide_relu_mlp():
     for _ in range(depth):
         x = relu(x @ (rng.standard_normal((nets, width, width)) * math.sqrt(2 / width)))
         measured.append(mean_cosine(x))
-    errors = np.array(measured) - theory.iterate(theory.relu_post_activation_cosine, c_in, depth)[1:]
+    predicted = theory.iterate(theory.relu_post_activation_cosine, c_in, depth)[1:]
+    errors = np.array(measured) - predicted
     se = errors.std(axis=1) / math.sqrt(nets)
     assert (np.abs(errors.mean(axis=1)) <= 5 * se + 0.005).all(), (errors.mean(axis=1), se)
     assert np.mean(measured[0]) == pytest.approx(1 / PI, abs=0.01)  # uncorrelated inputs: 1/pi
@@ -262,7 +263,8 @@ def test_bn_rate_closed_forms():
     assert theory.bn_gradient_explosion_rate() == pytest.approx(PI / (PI - 1), rel=1e-10)
     assert theory.bn_gradient_explosion_rate("relu") == pytest.approx(1.4669422069, rel=1e-9)
     assert theory.bn_gradient_explosion_rate("identity") == pytest.approx(1.0, rel=1e-9)
-    assert theory.bn_gradient_explosion_rate("scaled_relu") == pytest.approx(PI / (PI - 1), rel=1e-9)
+    assert theory.bn_gradient_explosion_rate("scaled_relu") == pytest.approx(PI / (PI - 1),
+                                                                              rel=1e-9)
     for a, act in ((0.01, "leaky_relu"), (0.3, lambda x: np.where(x > 0, x, 0.3 * x))):
         expected = PI * (1 + a * a) / (PI * (1 + a * a) - (1 - a) ** 2)
         assert theory.bn_gradient_explosion_rate(act) == pytest.approx(expected, rel=1e-9)

@@ -202,9 +202,9 @@ def relu_correlation_map(c):
       ``c'``, the shape of ``c`` (a numpy scalar for a scalar).
 
     References:
-      Cho & Saul (2009), Kernel methods for deep learning, NeurIPS: Sec. 2.1, the arc-cosine kernel
-      of degree 1, ``k_1(x, y) = |x| |y| J_1(theta) / pi``, ``J_1 = sin(theta) + (pi - theta)
-      cos(theta)``, normalized by ``k_1(x, x) = |x|^2``.
+      Cho & Saul (2009), Kernel methods for deep learning, NeurIPS, Sec. 2 (arc-cosine kernels):
+      the kernel of degree 1, ``k_1(x, y) = |x| |y| J_1(theta) / pi``, ``J_1 = sin(theta) +
+      (pi - theta) cos(theta)``, normalized by ``k_1(x, x) = |x|^2``.
     """
     c = _cosines("c", c)
     return _scalar_if_0d((np.sqrt(np.clip(1.0 - c * c, 0.0, None)) + (np.pi - np.arccos(c)) * c)
@@ -236,7 +236,7 @@ def relu_post_activation_cosine(c_pre):
     (spatial averaging, zero padding).
 
     References:
-      Cho & Saul (2009), Sec. 2.1; Poole et al. (2016), arXiv 1606.05340, Sec. 2 (pre-activation
+      Cho & Saul (2009), Sec. 2; Poole et al. (2016), arXiv 1606.05340, Sec. 2 (pre-activation
       correlations of wide layers).
     """
     return relu_correlation_map(c_pre)
@@ -308,7 +308,7 @@ def correlation_map(c, activation, q=1.0, weight_var: float = 2.0, bias_var: flo
       ``c'``, the broadcast shape of ``c`` and ``q``.
 
     References:
-      Poole et al. (2016), arXiv 1606.05340, Sec. 2-3 (the correlation map ``C``); Schoenholz et
+      Poole et al. (2016), arXiv 1606.05340, Sec. 2 (the correlation map); Schoenholz et
       al. (2017), arXiv 1611.01232, Sec. 2.
     """
     phi = _activation(activation)
@@ -456,7 +456,8 @@ def resnet_second_moment(blocks: int, norm="none", alpha: float = 1.0) -> np.nda
 
     References:
       De & Smith (2020), Batch normalization biases residual blocks towards the identity function
-      in deep networks, NeurIPS, arXiv 2002.10444, Sec. 2 (and SkipInit, Sec. 4); [BB] Sec. 3.
+      in deep networks, NeurIPS, arXiv 2002.10444 (the variance of normalized and unnormalized
+      residual branches at initialization; SkipInit); [BB] Sec. 3.
     """
     blocks = _int("blocks", blocks, minimum=0)
     alpha = _real("alpha", alpha)

@@ -4,10 +4,12 @@ Measure, layer by layer and over many seeds at once, how each normalization laye
 activations (variance, cosine similarity, ranks) and gradients (norms) at initialization.
 """
 
-from sigprop import metrics, models, normalizers, probe
+from sigprop import devices, metrics, models, normalizers, probe, theory
 
 # analysis
 from sigprop.analyze import NonFiniteWarning, analyze
+from sigprop.sweep import load_sweep, sweep
+from sigprop.validate import validate
 
 # results
 from sigprop.results import LayerMetrics
@@ -20,6 +22,9 @@ __version__ = "0.1.0"
 __all__ = [
     # analysis
     "analyze",
+    "sweep",
+    "load_sweep",
+    "validate",
     "NonFiniteWarning",
     # results
     "LayerMetrics",
@@ -29,8 +34,10 @@ __all__ = [
     "resnet56",
     "wrn",
     # submodules
+    "devices",
     "metrics",
     "models",
     "normalizers",
     "probe",
+    "theory",
 ]

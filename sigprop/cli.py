@@ -1,5 +1,5 @@
 """The ``sigprop`` command line: ``sigprop quickstart``, ``sigprop analyze``, ``sigprop sweep``,
-``sigprop normalizers``."""
+``sigprop validate``, ``sigprop normalizers``."""
 
 from __future__ import annotations
 
@@ -81,6 +81,7 @@ def main(argv=None) -> int:
 
     sub.add_parser("normalizers", help="list the normalizer names")
     _sweep_parser(sub)
+    _validate_parser(sub)
 
     args = parser.parse_args(argv)
     _fast_start()
@@ -257,3 +258,28 @@ def _cmd_sweep(args) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+# ------------------------------------------------------------------------------------ validate
+
+
+def _validate_parser(sub) -> None:
+    v = sub.add_parser("validate", help="re-run the papers' claims 1-7, 9-11; PASS/FAIL table")
+    v.add_argument("--quick", action="store_true",
+                   help="small sizes (minutes on a CPU); default: the papers' sizes")
+    v.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    v.add_argument("--claims", type=_ints, default=None,
+                   help="comma-separated claim ids (default: 1,2,3,4,5,6,7,9,10,11)")
+    v.set_defaults(run=_cmd_validate)
+
+
+def _cmd_validate(args) -> int:
+    from sigprop import validate
+
+    claims = tuple(args.claims) if args.claims else validate.CLAIMS
+    results = validate.validate(quick=args.quick, claims=claims)
+    print(validate.format_table(results))
+    if args.json:
+        validate.write_json(results, args.json, args.quick)
+        print(f"wrote {args.json}")
+    return 0 if all(r.passed for r in results) else 1

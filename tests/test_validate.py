@@ -1,0 +1,69 @@
+"""``sigprop validate --quick``: every claim passes on a CPU, and the closed forms hold against
+sigprop's own measurements (claims 9-11 at width >= 1024 / ResNet-56)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sigprop import cli, theory
+from sigprop import validate as V
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    path = tmp_path_factory.mktemp("validate") / "claims.json"
+    rc = cli.main(["validate", "--quick", "--json", str(path)])
+    with open(path) as f:
+        data = json.load(f)
+    return rc, data, {c["id"]: c for c in data["claims"]}
+
+
+def test_quick_validate_passes_every_claim(report):
+    rc, data, claims = report
+    failed = {i: (c["measured"], c["expected"]) for i, c in claims.items() if not c["passed"]}
+    assert not failed, failed
+    assert rc == 0
+    assert sorted(claims) == [1, 2, 3, 4, 5, 6, 7, 9, 10, 11]
+    assert data["mode"] == "quick" and data["passed"] == data["total"] == 10
+    for c in claims.values():
+        assert set(c) >= {"id", "passed", "measured", "expected", "setting"}
+
+
+def test_arccos_map_through_wide_relu_mlp(report):
+    c = report[2][9]["measured"]
+    assert "width 1024" in report[2][9]["setting"]
+    measured, predicted = np.array(c["cosine_measured"]), np.array(c["cosine_theory"])
+    assert np.max(np.abs(measured - predicted)) <= 0.03
+    # the theory curve is the closed form itself: start near 1/pi for orthogonal-ish inputs
+    assert abs(predicted[0] - theory.relu_correlation_map(0.0)) < 0.02
+
+
+def test_batchnorm_gradient_rate_within_5_percent(report):
+    c = report[2][10]["measured"]
+    assert c["theory"] == pytest.approx(np.pi / (np.pi - 1), rel=1e-4)
+    assert abs(c["rate"] / c["theory"] - 1) <= 0.05
+
+
+def test_preact_resnet56_second_moment(report):
+    c = report[2][11]["measured"]
+    assert "ResNet-56" in report[2][11]["setting"]
+    none = np.array(c["none_second_moment"])
+    assert 1.8 <= np.exp(np.mean(np.log(none[1:] / none[:-1]))) <= 2.2  # doubling per block
+    bn = np.diff(np.array(c["batchnorm_second_moment"]))
+    assert np.all((bn > 0.7) & (bn < 1.3))  # each normalized branch adds ~1: linear growth
+
+
+def test_unknown_claim_is_a_clear_error():
+    with pytest.raises(ValueError, match="claims=.*allowed: 1, 2, 3"):
+        V.validate(claims=(8,), progress=False)
+
+
+def test_failed_claim_is_reported_with_numbers():
+    res = V.ClaimResult(3, "t", "s", {"x": np.float32(1.5), "y": np.array([1.0, np.nan])}, "e",
+                        False)
+    table = V.format_table([res])
+    assert "[FAIL] claim 3" in table and "x 1.5" in table and "0/1 claims passed" in table
+    d = V.to_json([res], quick=True)
+    assert d["claims"][0]["passed"] is False and d["claims"][0]["measured"]["y"] == [1.0, None]
+    json.dumps(d)

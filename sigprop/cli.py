@@ -274,7 +274,10 @@ def _validate_parser(sub) -> None:
 
 
 def _cmd_validate(args) -> int:
-    from sigprop import validate
+    import importlib
+
+    validate = importlib.import_module("sigprop.validate")  # the module; sigprop.validate is
+    # the function
 
     claims = tuple(args.claims) if args.claims else validate.CLAIMS
     results = validate.validate(quick=args.quick, claims=claims)

@@ -6,8 +6,11 @@ import json
 import numpy as np
 import pytest
 
+import importlib
+
 from sigprop import cli, theory
-from sigprop import validate as V
+
+V = importlib.import_module("sigprop.validate")  # sigprop.validate is the function
 
 
 @pytest.fixture(scope="module")

@@ -394,35 +394,39 @@ def claim10(r: _Runner) -> ClaimResult:
 def claim11(r: _Runner) -> ClaimResult:
     s = r.s
     blocks = 9
+    seeds = max(12, s.seeds)  # exponential growth is noisy per network: test the seed mean
     shape = (s.pre_batch, s.pre_image, s.pre_image, 3)
     out = {}
     for norm in ("none", "batchnorm"):
         res = r.run(("resnet_pre", norm), lambda: models.resnet(
-            blocks, s.pre_widths, norm=norm, preact=True), shape)
+            blocks, s.pre_widths, norm=norm, preact=True), shape, seeds=seeds)
         idx = _stage1_out(res)
-        out[norm] = _mean(np.asarray(res.activation_variance)[:, idx]
-                          + np.asarray(res.channel_squared_mean)[:, idx])
-    m = out["none"]
-    doubling = float(np.exp(np.mean(np.log(m[1:] / m[:-1]))))
-    b = out["batchnorm"]
+        out[norm] = (np.asarray(res.activation_variance)[:, idx]
+                     + np.asarray(res.channel_squared_mean)[:, idx])
+    per_seed = (out["none"][:, -1] / out["none"][:, 0]) ** (1 / (blocks - 1))
+    doubling = float(per_seed.mean())
+    se = float(per_seed.std(ddof=1) / np.sqrt(seeds))
+    b = out["batchnorm"].mean(axis=0)
     slope, icpt = np.polyfit(np.arange(1, blocks + 1), b, 1)
     fit = slope * np.arange(1, blocks + 1) + icpt
     r2 = float(1 - np.sum((b - fit) ** 2) / np.sum((b - b.mean()) ** 2))
-    ok = 1.8 <= doubling <= 2.2 and 0.8 <= slope <= 1.2 and r2 >= 0.98
+    ok = abs(doubling - 2.0) <= 3 * se and 0.8 <= slope <= 1.2 and r2 >= 0.98
     return ClaimResult(
         11, "Pre-activation ResNet: residual second moment 2^l without normalizer, l + 1 with "
         "batchnorm",
         f"pre-activation {'ResNet-56' if s.pre_widths == (32, 64, 128) else 'ResNet'} stage 1 "
         f"({blocks} blocks, widths {s.pre_widths}), "
-        f"{s.pre_image}x{s.pre_image} inputs, batch {s.pre_batch}, {s.seeds} seeds; "
+        f"{s.pre_image}x{s.pre_image} inputs, batch {s.pre_batch}, {seeds} seeds; "
         "activation_variance + channel_squared_mean at the block outputs",
-        {"none_second_moment": m, "none_growth_per_block": doubling,
+        {"none_second_moment": out["none"].mean(axis=0), "none_growth_per_block": doubling,
+         "none_growth_standard_error": se,
          "batchnorm_second_moment": b, "batchnorm_slope_per_block": float(slope),
          "batchnorm_linear_r2": r2,
-         "theory_none": theory.resnet_second_moment(blocks, "none")[1:],
-         "theory_batchnorm_increment": 1.0},
-        "none: growth per block in [1.8, 2.2] (theory 2); batchnorm: linear (R^2 >= 0.98) with "
-        "slope in [0.8, 1.2] per block (theory 1, a normalized branch adds 1)", bool(ok))
+         "theory_none_growth": float(theory.resnet_second_moment(1, "none")[1]),
+         "theory_batchnorm_increment": float(np.diff(theory.resnet_second_moment(1, True))[0])},
+        "none: seed-mean growth per block within 3 standard errors of 2; batchnorm: linear "
+        "(R^2 >= 0.98) with slope in [0.8, 1.2] per block (theory 1; zero padding of the 3x3 "
+        "convs lowers it ~4% at 32x32)", bool(ok))
 
 
 _CLAIM_FNS = {1: claim1, 2: claim2, 3: claim3, 4: claim4, 5: claim5, 6: claim6, 7: claim7,

@@ -132,12 +132,12 @@ def _one_seed(model, shape, key, x, opts: Options = Options()):
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("model", "shape", "precision", "opts"))
-def _run(model, shape, keys, x, precision, opts: Options = Options()):
+@functools.partial(jax.jit, static_argnames=("model", "shape", "precision", "opts", "impl"))
+def _run(model, shape, keys, x, precision, opts: Options = Options(), impl=None):
     """All seeds in one vmapped call. ``keys`` are typed keys or raw key data (``uint32``), whose
     leading axis may be sharded over devices (see :mod:`sigprop.devices`)."""
     if not jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
-        keys = jax.random.wrap_key_data(keys)
+        keys = jax.random.wrap_key_data(keys, impl=impl)
     with jax.default_matmul_precision(precision):
         one = functools.partial(_one_seed, model, shape, opts=opts)
         return jax.vmap(one, in_axes=(0, None))(keys, x)
@@ -154,11 +154,12 @@ def run_sharded(model, shape, keys, x, precision: str = "highest", opts: Options
     data = np.asarray(jax.random.key_data(keys))
     padded = devices.padded_size(n, m)
     if padded > n:
-        extra = np.asarray(jax.random.key_data(_seed_keys(jax.random.key(0), padded - n)))
+        extra = np.repeat(data[-1:], padded - n, axis=0)  # computed, then dropped
         data = np.concatenate([data, extra])
     rep = devices.replicated(m)
     x = None if x is None else jax.device_put(x, rep)
-    out = _run(model, shape, devices.shard_leading(data, m), x, precision, opts)
+    impl = str(jax.random.key_impl(keys))
+    out = _run(model, shape, devices.shard_leading(data, m), x, precision, opts, impl)
     return {k: v[:n] for k, v in devices.to_host(out).items()}
 
 

@@ -114,3 +114,12 @@ def test_correlations_are_optional_and_persist(tmp_path):
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sigprop.analyze(sigprop.mlp(2, 8), (4, 8), **kwargs)
+
+
+def test_non_default_prng_impl_is_kept():
+    """Keys cross into jit as raw data; a user's rbg key must be re-wrapped as rbg."""
+    key = jax.random.key(3, impl="rbg")
+    res = sigprop.analyze(sigprop.mlp(2, 8), (4, 8), seeds=2, key=key)
+    keys = A._seed_keys(key, 2)
+    ref = A._run(sigprop.mlp(2, 8), (4, 8), keys, None, "highest")  # typed keys: no re-wrap
+    np.testing.assert_allclose(res.cosine_similarity, np.asarray(ref["acts"])[..., 2], rtol=1e-6)

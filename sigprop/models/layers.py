@@ -48,25 +48,59 @@ def _out_size(n, k, s, p):
     return (n + 2 * p - k) // s + 1
 
 
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _xla_conv(x, w, stride: int, p: int):
+    return lax.conv_general_dilated(x, w, (stride, stride), ((p, p), (p, p)), dimension_numbers=_DN)
+
+
+@jax.custom_vjp
+def _same_conv(x, w):
+    """Stride-1 ``_xla_conv`` with padding ``(k - 1) // 2`` (odd ``k``), whose input gradient is
+    ``_xla_conv(g, w_t)`` with ``w_t`` the flipped kernel with in/out swapped, as an explicit HWIO
+    array. JAX's own transpose rule gives XLA the same conv with an ``01oi`` kernel; inside a
+    scan XLA:CPU keeps that layout and runs a naive loop, 10-50x slower than its Eigen conv."""
+    return _xla_conv(x, w, 1, (w.shape[0] - 1) // 2)
+
+
+def _same_conv_fwd(x, w):
+    return _same_conv(x, w), (x, w)
+
+
+def _same_conv_bwd(res, g):
+    x, w = res
+    p = (w.shape[0] - 1) // 2
+    w_t = jnp.swapaxes(jnp.flip(w, (0, 1)), 2, 3)
+    _, w_vjp = jax.vjp(lambda w: _xla_conv(x, w, 1, p), w)
+    return _xla_conv(g, w_t, 1, p), w_vjp(g)[0]
+
+
+_same_conv.defvjp(_same_conv_fwd, _same_conv_bwd)
+
+
 def conv2d(x, w, stride: int, impl: str = "auto"):
     """``x [N, H, W, Cin]`` conv ``w [k, k, Cin, Cout]`` with stride and padding ``(k - 1) // 2``.
 
-    ``impl='xla'`` is ``lax.conv_general_dilated``; ``impl='shift'`` sums ``k * k`` strided slices
-    times ``w[dy, dx]`` (plain matmuls, forward and backward). ``'auto'`` uses ``shift`` on CPU for
-    strided convs and tiny (<= 2x2) outputs, where XLA:CPU's convolution is 10-80x slower
-    (benchmarks/conv_impl.py), and ``xla`` everywhere else.
+    ``impl='xla'`` is ``lax.conv_general_dilated`` (on CPU, a stride-1 odd-kernel conv computes
+    its input gradient as an explicit conv with the transposed kernel, see :func:`_same_conv`);
+    ``impl='shift'`` sums ``k * k`` strided slices times ``w[dy, dx]`` (plain matmuls, forward
+    and backward). ``'auto'`` uses ``shift`` on CPU for strided convs and tiny (<= 2x2) outputs,
+    where XLA:CPU's convolution is 10-80x slower (benchmarks/conv_impl.py), and ``xla``
+    everywhere else.
     """
     k = w.shape[0]
     p = (k - 1) // 2
     n, h, wd, c = x.shape
     ho, wo = _out_size(h, k, stride, p), _out_size(wd, k, stride, p)
+    cpu = jax.default_backend() == "cpu"
     if impl == "auto":
         small = ho * wo <= 4
-        impl = "shift" if jax.default_backend() == "cpu" and (stride > 1 or small) else "xla"
+        impl = "shift" if cpu and (stride > 1 or small) else "xla"
     if impl == "xla":
-        return lax.conv_general_dilated(
-            x, w, (stride, stride), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
+        if cpu and stride == 1 and k % 2 == 1:
+            return _same_conv(x, w)
+        return _xla_conv(x, w, stride, p)
     if impl != "shift":
         raise ValueError(f"conv_impl={impl!r}; allowed: auto, xla, shift")
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x

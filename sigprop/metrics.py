@@ -12,6 +12,10 @@ Singular values (effective rank) come from a QR of ``M^T``, accurate for rank-co
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -61,14 +65,47 @@ def _gram(m):
     return g_raw * inv[:, None] * inv[None, :]
 
 
+@functools.cache
+def _single_threaded_lapack() -> None:
+    """Run the OpenBLAS behind jaxlib's CPU LAPACK (scipy's) on one thread.
+
+    Its worker threads spin on cores that XLA's own thread pool keeps busy: a QR of a
+    ``[32768, 64]`` matrix took 10x longer (a 64 x 64 ``eigvalsh`` 20x) with OpenBLAS's default
+    threads than with one. Left alone when ``OPENBLAS_NUM_THREADS`` is set, off Linux, or when
+    scipy is missing.
+    """
+    if "OPENBLAS_NUM_THREADS" in os.environ or not os.path.exists("/proc/self/maps"):
+        return
+    try:
+        import scipy.linalg.cython_lapack  # noqa: F401  (what jaxlib's LAPACK calls; loads OpenBLAS)
+
+        with open("/proc/self/maps") as maps:
+            libs = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+        for path in sorted(libs):
+            if "scipy" not in path or "numpy" in path:
+                continue
+            lib = ctypes.CDLL(path)
+            for name in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+                if hasattr(lib, name):
+                    getattr(lib, name)(1)
+                    break
+    except Exception:  # a performance setting: never fail a computation over it
+        pass
+
+
 def _unbatched(fn):
     """``fn`` whose vmap runs the batch one element after another (``lax.map``).
 
     jaxlib's CPU LAPACK kernels (QR, eigh, SVD) split a batch over XLA's intra-op thread pool and
     block a pool thread while they wait; two such calls running side by side (two layers' metrics)
     deadlock a 2-thread pool (seen with jax 0.10.2). One matrix at a time never waits on the pool.
+    Tracing ``fn`` also calls :func:`_single_threaded_lapack`.
     """
-    wrapped = jax.custom_batching.custom_vmap(fn)
+    def traced(*args):
+        _single_threaded_lapack()
+        return fn(*args)
+
+    wrapped = jax.custom_batching.custom_vmap(traced)
 
     @wrapped.def_vmap
     def _rule(axis_size, in_batched, *args):

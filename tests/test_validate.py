@@ -1,5 +1,8 @@
 """``sigprop validate --quick``: every claim passes on a CPU, and the closed forms hold against
-sigprop's own measurements (claims 9-11 at width >= 1024 / ResNet-56)."""
+sigprop's own measurements (claims 9-11 at width >= 1024 / ResNet-56).
+
+The default run covers the MLP claims (5, 6, 9, 10: about a minute); the whole quick validation
+(about 5 minutes on 2 cores) is marked ``slow``: ``python -m pytest -m slow``."""
 
 import json
 
@@ -13,15 +16,38 @@ from sigprop import cli, theory
 V = importlib.import_module("sigprop.validate")  # sigprop.validate is the function
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def _run(tmp_path_factory, claims=None):
     path = tmp_path_factory.mktemp("validate") / "claims.json"
-    rc = cli.main(["validate", "--quick", "--json", str(path)])
+    argv = ["validate", "--quick", "--json", str(path)]
+    if claims:
+        argv += ["--claims", ",".join(map(str, claims))]
+    with pytest.MonkeyPatch.context() as mp:
+        # no persistent compilation cache inside the test process
+        mp.setattr(cli, "_fast_start", lambda: None)
+        rc = cli.main(argv)
     with open(path) as f:
         data = json.load(f)
     return rc, data, {c["id"]: c for c in data["claims"]}
 
 
+@pytest.fixture(scope="module")
+def mlp_report(tmp_path_factory):
+    return _run(tmp_path_factory, (5, 6, 9, 10))
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    return _run(tmp_path_factory)
+
+
+def test_quick_validate_mlp_claims(mlp_report):
+    rc, data, claims = mlp_report
+    failed = {i: (c["measured"], c["expected"]) for i, c in claims.items() if not c["passed"]}
+    assert not failed, failed
+    assert rc == 0 and sorted(claims) == [5, 6, 9, 10]
+
+
+@pytest.mark.slow
 def test_quick_validate_passes_every_claim(report):
     rc, data, claims = report
     failed = {i: (c["measured"], c["expected"]) for i, c in claims.items() if not c["passed"]}
@@ -33,21 +59,22 @@ def test_quick_validate_passes_every_claim(report):
         assert set(c) >= {"id", "passed", "measured", "expected", "setting"}
 
 
-def test_arccos_map_through_wide_relu_mlp(report):
-    c = report[2][9]["measured"]
-    assert "width 1024" in report[2][9]["setting"]
+def test_arccos_map_through_wide_relu_mlp(mlp_report):
+    c = mlp_report[2][9]["measured"]
+    assert "width 1024" in mlp_report[2][9]["setting"]
     measured, predicted = np.array(c["cosine_measured"]), np.array(c["cosine_theory"])
     assert np.max(np.abs(measured - predicted)) <= 0.03
     # the theory curve is the closed form itself: start near 1/pi for orthogonal-ish inputs
     assert abs(predicted[0] - theory.relu_correlation_map(0.0)) < 0.02
 
 
-def test_batchnorm_gradient_rate_within_5_percent(report):
-    c = report[2][10]["measured"]
+def test_batchnorm_gradient_rate_within_5_percent(mlp_report):
+    c = mlp_report[2][10]["measured"]
     assert c["theory"] == pytest.approx(np.pi / (np.pi - 1), rel=1e-4)
     assert abs(c["rate"] / c["theory"] - 1) <= 0.05
 
 
+@pytest.mark.slow
 def test_preact_resnet56_second_moment(report):
     c = report[2][11]["measured"]
     assert "ResNet-56" in report[2][11]["setting"]

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sigprop import devices, metrics, probe
+from sigprop import devices, probe
 from sigprop.results import LayerMetrics, from_arrays
 
 

@@ -21,8 +21,8 @@ deviation of every metric, between the two and from torch in float64.
     python benchmarks/vs_torch.py [--batch 64] [--repeats 5] [--model resnet56] [--threads N]
 
 ``--threads`` pins the process to N cores (default: all) before jax and torch start, so that
-both size their thread pools to it. On a shared machine, 2 torch threads on 2 busy cores can run
-several times slower than 1 (OpenMP under oversubscription): compare ``--threads 1`` too.
+both size their thread pools to it. ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` here: with
+torch's spinning OpenMP threads, 2 threads on a shared 2-core machine ran 3-20x slower than 1.
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ def _imports(cores):
     from the affinity mask when they start)."""
     global jax, jnp, np, optax, torch, sigprop, probe, tp, _analyze
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
+    # torch's OpenMP threads spin while they wait; on a shared machine (and next to XLA's pool)
+    # that made 2 threads 3-20x slower than 1 (svdvals 1.1 s vs 0.06 s). PASSIVE: they sleep.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -135,7 +138,9 @@ def main(argv=None):
           f"of {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()} (interop "
           f"{torch.get_num_interop_threads()}); jax {jax.__version__} {jax.default_backend()}, "
-          f"devices {len(jax.devices())}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          f"devices {len(jax.devices())}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; sigprop from "
+          f"{pathlib.Path(sigprop.__file__).parent}")
 
     # the input and the keys of analyze(model, x, seeds=1, key=0)
     x = jax.random.normal(jax.random.key(1234), (args.batch, 32, 32, 3), jnp.float32)

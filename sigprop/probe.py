@@ -39,13 +39,17 @@ PAIR_AXIS = "sigprop_pair"  # vmap axis of a pair of batches (similar-batch corr
 # flag; gradient taps report [||g||, finite]), "pair" (the model runs under
 # ``jax.vmap(..., axis_name=PAIR_AXIS)`` over two batches: activation taps sow the correlation of
 # the activation between them, gradient taps report [correlation of the gradients, finite]) or
-# "off" (activation taps do nothing).
+# "off" (every tap is a plain identity: the bare network, for benchmarks; gradient taps still
+# declare their probe variable, so the variables have the same structure).
 _MODE: contextvars.ContextVar[str] = contextvars.ContextVar("sigprop_tap_mode", default="metrics")
 
 
 @contextlib.contextmanager
 def tap_mode(mode: str):
-    """Set what activation taps do while models are traced inside the block (see ``_MODE``)."""
+    """Set what taps do while models are traced inside the block (see ``_MODE``).
+
+    The mode acts when a model is traced: a function jitted outside one mode and called inside
+    another reuses its first trace, so jit a separate function per mode."""
     if mode not in ("metrics", "pair", "off"):
         raise ValueError(f"mode={mode!r}; allowed: metrics, pair, off")
     token = _MODE.set(mode)
@@ -67,8 +71,8 @@ def _grad_probe_fwd(x, probe):
 
 
 def _grad_probe_bwd(_, g):
-    norm = metrics.grad_norm(g)
-    return g, jnp.stack([norm, metrics.all_finite(g) * metrics.all_finite(norm)])
+    norm = metrics.grad_norm(g)  # finite exactly when g is (and its norm fits in float32)
+    return g, jnp.stack([norm, metrics.all_finite(norm)])
 
 
 _grad_probe.defvjp(_grad_probe_fwd, _grad_probe_bwd)
@@ -108,6 +112,8 @@ def observe_act(module: nn.Module, x):
 def observe_grad(module: nn.Module, x):
     """Identity on ``x`` whose backward pass reports ``||d loss / d x||`` under ``module``'s path."""
     probe = module.variable(PROBES, _GRAD_KEY, jnp.zeros, (2,), jnp.float32)
+    if _MODE.get() == "off":
+        return x
     if _MODE.get() == "pair":
         return _pair_grad_probe(x, probe.value)
     return _grad_probe(x, probe.value)

@@ -11,7 +11,8 @@ Times, in one run, interleaved, median of ``--repeats`` after warm-up, batch ``-
 - sigprop (c): the same network and weights, a bare jitted forward + backward (gradient of the
   loss w.r.t. the input) with the activation taps switched off (``sigprop.probe.observe_act``
   replaced by the identity while tracing); the gradient taps stay, their norms unused (so dropped
-  by XLA). No init inside: (b) - (c) also holds the He-normal init of one network.
+  by XLA). No init inside: (b) - (c) also holds the He-normal init of one network;
+- torch (d): the bare forward + backward of (c) in torch (no hooks, input gradient only).
 
 Prints the ratios torch / sigprop and the metrics overhead (b) / (c), each the median of the
 per-repeat ratios, sigprop's compile time (first call minus a steady call), and a cross-check:
@@ -167,6 +168,7 @@ def main(argv=None):
 
     # torch, same weights, input and labels
     net = tp.load_sigprop_params(net, variables["params"])
+    bare_net = copy.deepcopy(net)  # no hooks
     probes = tp.Probes(net)
     assert probes.act_names == list(model.layer_names), "activation tap placement differs"
     assert probes.grad_names == list(model.grad_layer_names), "gradient tap placement differs"
@@ -175,6 +177,12 @@ def main(argv=None):
                                                           model.n_classes), dtype=np.int64))
     run_a = functools.partial(tp.analyze, net, probes, xt, labels, True)
     run_a2 = functools.partial(tp.analyze, net, probes, xt, labels, False)
+
+    def run_d():
+        for q in bare_net.parameters():
+            q.requires_grad_(False)
+        xd = xt.detach().requires_grad_(True)
+        torch.nn.functional.cross_entropy(bare_net(xd), labels).backward()
 
     # float64 torch with the same weights: whose float32 roundoff is it?
     net64 = copy.deepcopy(net).double()
@@ -195,7 +203,8 @@ def main(argv=None):
     print(f"  sigprop vs torch float64: {deviations(acts, grads[:, 0], ref_acts, ref_grads)}")
     print(f"  torch (a') vs torch float64: {deviations(t_acts, t_grads, ref_acts, ref_grads)}")
 
-    fns = {"torch (a)": run_a, "torch (a')": run_a2, "sigprop (b)": run_b, "sigprop (c)": run_c}
+    fns = {"torch (a)": run_a, "torch (a')": run_a2, "sigprop (b)": run_b, "sigprop (c)": run_c,
+           "torch (d)": run_d}
     for _ in range(args.warmup):
         for fn in fns.values():
             fn()
@@ -217,9 +226,11 @@ def main(argv=None):
     for k, v in times.items():
         print(f"  {k:<12} {med[k]:8.3f}  ({min(v):.3f}-{max(v):.3f})  cpu {statistics.median(cpu[k]):8.3f}")
     print("\nratios, median of per-repeat ratios: wall (CPU time)")
-    a, a2, b, c = order
+    a, a2, b, c, d = order
     for label, num, den in ((f"{a} / {b}", a, b), (f"{a2} / {b}", a2, b),
                             (f"metrics overhead {b} / {c}", b, c),
+                            (f"metrics overhead {a2} / {d}", a2, d),
+                            (f"bare forward + backward {d} / {c}", d, c),
                             (f"weight gradients in torch, {a} / {a2}", a, a2)):
         print(f"  {label}: {ratio(num, den):.2f} ({ratio(num, den, cpu):.2f})")
     print("\nsigprop compile (first call minus median steady call):")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -179,35 +180,94 @@ def restack(tree: Any, like: Any) -> Any:
     return out
 
 
-def collect(tree: Any, leaf_key: str) -> dict[str, jax.Array]:
-    """``{layer name: value}`` of every ``leaf_key`` variable in an (unstacked) collection."""
-    flat: dict[str, jax.Array] = {}
+@jax.tree_util.register_pytree_node_class
+class LayerValues(Mapping):
+    """``{layer name: value}`` stored as runs of layers: each run is one array ``[n, ...]`` whose
+    rows belong to ``n`` consecutive names (a scanned stack stays one array). A pytree, so it
+    passes through ``jax.vmap`` and ``tree_map`` (indexing by name expects the layer axis first:
+    drop a vmapped axis with ``tree_map`` before). :func:`ordered` concatenates runs instead of
+    stacking one slice per layer, which keeps trace and compile time flat in depth."""
 
-    def walk(node, path):
-        for key, sub in node.items():
-            if key == leaf_key and not hasattr(sub, "items"):
-                flat["/".join(path)] = sub
-            elif hasattr(sub, "items"):
-                walk(sub, path + (key,))
+    def __init__(self, runs):
+        self.runs = tuple((tuple(names), value) for names, value in runs)
+        self._where = {n: (r, i) for r, (names, _) in enumerate(self.runs)
+                       for i, n in enumerate(names)}
 
-    walk(unstack(tree), ())
-    return flat
+    def __getitem__(self, name):
+        r, i = self._where[name]
+        return self.runs[r][1][i]
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self):
+        return len(self._where)
+
+    def tree_flatten(self):
+        return [v for _, v in self.runs], tuple(names for names, _ in self.runs)
+
+    @classmethod
+    def tree_unflatten(cls, names, values):
+        return cls(zip(names, values))
 
 
-def act_values(taps) -> dict[str, jax.Array]:
+def _join(a: str, b: str) -> str:
+    return f"{a}/{b}" if b else a
+
+
+def _runs(node, leaf_key: str, outer: int) -> list:
+    """``[(relative names, array)]`` of the ``leaf_key`` leaves under ``node``; each array has
+    the ``outer`` leading axes of the enclosing stacks, then one axis over its names."""
+    out = []
+    for key, sub in node.items():
+        if key == leaf_key and not hasattr(sub, "items"):
+            out.append(([""], jnp.expand_dims(sub, outer)))
+        elif hasattr(sub, "items"):
+            stack = _is_stack(key)
+            inner = _runs(sub, leaf_key, outer + stack)
+            if not stack:
+                out += [([_join(key, r) for r in names], v) for names, v in inner]
+                continue
+            if not inner:
+                continue
+            # leaves under a stack: [*outer, n, names, ...]; one run when they can be joined
+            first = inner[0][1]
+            groups = [inner]
+            if any(v.shape[outer + 2:] != first.shape[outer + 2:] or v.dtype != first.dtype
+                   for _, v in inner):
+                groups = [[run] for run in inner]
+            n = first.shape[outer]
+            for group in groups:
+                v = group[0][1] if len(group) == 1 else jnp.concatenate(
+                    [v for _, v in group], axis=outer + 1)
+                rel = [r for names, _ in group for r in names]
+                out.append(([_join(_expand(key, j), r) for j in range(n) for r in rel],
+                            v.reshape(v.shape[:outer] + (-1,) + v.shape[outer + 2:])))
+    return out
+
+
+def collect(tree: Any, leaf_key: str) -> LayerValues:
+    """``{layer name: value}`` of every ``leaf_key`` variable in a collection (scanned stacks are
+    expanded into their layers' names, see the module doc)."""
+    return LayerValues(_runs(tree, leaf_key, 0) if hasattr(tree, "items") else [])
+
+
+def act_values(taps) -> LayerValues:
     return collect(taps, _ACT_KEY)
 
 
-def pair_values(taps) -> dict[str, jax.Array]:
+def pair_values(taps) -> LayerValues:
     return collect(taps, _PAIR_KEY)
 
 
-def grad_values(probe_grads) -> dict[str, jax.Array]:
+def grad_values(probe_grads) -> LayerValues:
     return collect(probe_grads, _GRAD_KEY)
 
 
-def ordered(values: dict[str, jax.Array], names: tuple[str, ...] | None, what: str):
-    """Stack ``values`` in the order of ``names`` (``[layers, ...]``), checking they match."""
+def ordered(values, names: tuple[str, ...] | None, what: str):
+    """Stack ``values`` (a ``{name: value}`` mapping) in the order of ``names``
+    (``[layers, ...]``), checking they match. From :class:`LayerValues`, consecutive names of
+    one run are one slice of it."""
     if names is None:
         names = tuple(values)
     missing, extra = set(names) - set(values), set(values) - set(names)
@@ -216,4 +276,14 @@ def ordered(values: dict[str, jax.Array], names: tuple[str, ...] | None, what: s
             f"{what}: declared layer names and observed taps differ "
             f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(extra)[:5]})"
         )
-    return tuple(names), jnp.stack([values[n] for n in names])
+    if not isinstance(values, LayerValues):
+        return tuple(names), jnp.stack([values[n] for n in names])
+    pieces, start = [], 0
+    for k in range(1, len(names) + 1):  # runs of names that are consecutive rows of one array
+        r, i = values._where[names[start]]
+        if k < len(names) and values._where[names[k]] == (r, i + k - start):
+            continue
+        run = values.runs[r][1]
+        pieces.append(run if (i, k - start) == (0, run.shape[0]) else run[i:i + k - start])
+        start = k
+    return tuple(names), pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)

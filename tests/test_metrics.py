@@ -499,3 +499,44 @@ def test_scan_name_roundtrip():
     assert sp.scan_name("block{}", 1) == "block{}+1"
     tree = {sp.scan_name("block{}", 2): {"g": jnp.zeros((2, 2))}}
     assert sorted(sp.unstack(tree)) == ["block2", "block3"]
+
+
+def test_collect_and_ordered_match_unstacked_layout():
+    # a stack (two leaves per layer), a nested stack, a single layer and a leaf of another shape
+    rng = np.random.default_rng(71)
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s).astype(np.float32))  # noqa: E731
+    tree = {
+        "stem": {"m": arr(6)},
+        "stage1": {"block{}": {"act1": {"m": arr(3, 6)}, "out": {"m": arr(3, 6)}}},
+        "stage2": {"block{}+1": {"inner{}": {"m": arr(2, 4, 6)}}},
+        "odd": {"m": arr(6)},
+    }
+    values = sp.collect(tree, "m")
+    flat = {}
+
+    def walk(node, path):  # the reference: the unstacked tree, walked by hand
+        for k, v in node.items():
+            if k == "m":
+                flat["/".join(path)] = v
+            else:
+                walk(v, path + (k,))
+
+    walk(sp.unstack(tree), ())
+    assert sorted(values) == sorted(flat) and len(values) == 1 + 6 + 8 + 1
+    for name, v in flat.items():
+        np.testing.assert_array_equal(np.asarray(values[name]), np.asarray(v))
+    for names in (tuple(flat), tuple(sorted(flat)), tuple(reversed(tuple(flat)))):
+        got_names, got = sp.ordered(values, names, "test")
+        assert got_names == names
+        np.testing.assert_array_equal(np.asarray(got), np.stack([flat[n] for n in names]))
+    # a pytree: tree_map and vmap keep the names
+    doubled = jax.tree_util.tree_map(lambda v: 2 * v, values)
+    np.testing.assert_array_equal(np.asarray(doubled["stage2/block2/inner3"]),
+                                  2 * np.asarray(flat["stage2/block2/inner3"]))
+    batched = jax.vmap(lambda t: sp.collect(t, "m"))(jax.tree_util.tree_map(
+        lambda a: jnp.stack([a, -a]), tree))
+    second = jax.tree_util.tree_map(lambda v: v[1], batched)  # batch axes lead: drop them first
+    np.testing.assert_array_equal(np.asarray(second["stage1/block1/out"]),
+                                  -np.asarray(flat["stage1/block1/out"]))
+    with pytest.raises(RuntimeError, match="differ"):
+        sp.ordered(values, tuple(flat)[:-1], "test")

@@ -244,3 +244,46 @@ def test_conv_impl_under_scan_matches_lax_conv(impl):
         want = jax.grad(functools.partial(net, lambda h, w: _lax_conv(h, w, 1)), argnums=(0, 1))(x, ws)
     for g, r in zip(got, want):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# remat=True (jax.checkpoint on the scanned layers) gives the same numbers with less memory
+
+
+_REMAT_MODELS = {
+    "mlp": (lambda remat: sigprop.mlp(6, 16, norm="batchnorm", remat=remat), (8, 12)),
+    "cnn-uniform": (lambda remat: sigprop.cnn("uniform", depth=4, width=8, norm="layernorm",
+                                              remat=remat), (4, 8, 8, 3)),
+    "resnet-preact": (lambda remat: sigprop.models.resnet(3, (8, 16), norm="batchnorm",
+                                                          preact=True, remat=remat), (4, 8, 8, 3)),
+}
+
+
+@pytest.mark.parametrize("name", list(_REMAT_MODELS))
+def test_remat_gives_the_same_numbers(name):
+    build, shape = _REMAT_MODELS[name]
+    plain, remat = build(False), build(True)
+    x = jax.random.normal(jax.random.key(2), shape)
+    variables = plain.init(jax.random.key(3), x)
+    assert jax.tree_util.tree_structure(variables) == \
+        jax.tree_util.tree_structure(remat.init(jax.random.key(3), x))
+    a_plain, g_plain = _measured(plain, variables, x)
+    a_remat, g_remat = _measured(remat, variables, x)
+    np.testing.assert_allclose(a_remat, a_plain, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(g_remat, g_plain, rtol=1e-6, atol=1e-7)
+    jaxpr = str(jax.make_jaxpr(functools.partial(engine.measure, remat))(variables, x,
+                                                                          jax.random.key(7)))
+    assert "checkpoint" in jaxpr or "remat" in jaxpr
+
+
+def test_remat_keeps_less_for_the_backward_pass():
+    # with batchnorm, a layer's backward keeps its normalized pre-activation and ReLU mask (its
+    # input is not needed: no weight gradients); with remat only its input (measured: 0.54x)
+    x = jax.random.normal(jax.random.key(4), (64, 256))
+    sizes = {}
+    for remat in (False, True):
+        model = sigprop.mlp(24, 256, norm="batchnorm", remat=remat)
+        variables = model.init(jax.random.key(5), x)
+        compiled = _jit_measure.lower(model, variables, x, jax.random.key(6)).compile()
+        sizes[remat] = compiled.memory_analysis().temp_size_in_bytes
+    assert sizes[True] < 0.75 * sizes[False], sizes

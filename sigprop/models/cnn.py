@@ -48,6 +48,7 @@ class CNN(nn.Module):
     n_classes: int = 100
     scan: bool = True
     conv_impl: str = "auto"
+    remat: bool = False
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -71,7 +72,8 @@ class CNN(nn.Module):
             c, s = self.layers[start + 1]
             if self.scan and length > 1:
                 x = run_stack(Unit(features=c, stride=s, **kw,
-                                   name=probe.scan_name(pat, start + 1)), x, length)
+                                   name=probe.scan_name(pat, start + 1)), x, length,
+                              remat=self.remat)
             else:
                 for i in range(start + 1, start + 1 + length):
                     x = Unit(features=c, stride=s, **kw, name=pat.format(i))(x)
@@ -80,13 +82,14 @@ class CNN(nn.Module):
 
 def cnn(cfg: str = "cfg_10", *, depth: int | None = None, width: int = 64, norm="batchnorm",
         activation=None, n_classes: int = 100, scan: bool = True, conv_impl: str = "auto",
-        **norm_options) -> CNN:
+        remat: bool = False, **norm_options) -> CNN:
     """[BB]'s non-residual CNN.
 
     Args:
       cfg: ``"cfg_10"``, ``"cfg_20"``, ``"cfg_40"`` (science.md) or ``"uniform"``: ``depth`` 3x3
         convs of ``width`` channels, stride 1 (the rank vs group size experiments).
-      norm, activation, n_classes, scan, **norm_options: as in :func:`sigprop.models.mlp`.
+      norm, activation, n_classes, scan, remat, **norm_options: as in
+        :func:`sigprop.models.mlp`.
       conv_impl: ``"auto"``, ``"xla"`` or ``"shift"`` (see ``sigprop.models.layers.conv2d``).
     """
     if cfg not in CFG_NAMES:
@@ -106,4 +109,4 @@ def cnn(cfg: str = "cfg_10", *, depth: int | None = None, width: int = 64, norm=
     for c in sorted({c for c, _ in layers}):
         spec.check_width(c)
     return CNN(layers=layers, spec=spec, activation=act, n_classes=n_classes, scan=scan,
-               conv_impl=conv_impl)
+               conv_impl=conv_impl, remat=bool(remat))

@@ -95,11 +95,19 @@ class Unit(nn.Module):
         return probe.observe_act(self, y)
 
 
-def run_stack(block: nn.Module, x, length: int):
+def run_stack(block: nn.Module, x, length: int, remat: bool = False):
     """Apply ``block`` (a bound module named by :func:`sigprop.probe.scan_name`) ``length`` times
-    with ``nn.scan``: params, taps and probes stacked on a leading layer axis."""
+    with ``nn.scan``: params, taps and probes stacked on a leading layer axis.
+
+    ``remat=True`` wraps each layer in ``jax.checkpoint`` (``nn.remat``): the backward pass keeps
+    only each layer's input and recomputes the rest (one more forward of the network, minus the
+    activation metrics, which the backward pass does not need), so memory per layer is one
+    activation instead of everything the layer's backward uses."""
+    body = lambda mdl, carry, _: (mdl(carry), None)  # noqa: E731
+    if remat:
+        body = nn.remat(body, prevent_cse=False)  # inside a scan, CSE cannot undo the remat
     scanned = nn.scan(
-        lambda mdl, carry, _: (mdl(carry), None),
+        body,
         variable_axes=SCAN_AXES,
         split_rngs={"params": True},
         length=length,

@@ -29,6 +29,7 @@ class MLP(nn.Module):
     activation: Any = "relu"
     n_classes: int = 100
     scan: bool = True
+    remat: bool = False
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -49,7 +50,8 @@ class MLP(nn.Module):
         x = Unit(**kw, name=pat.format(0))(x)
         if self.depth > 1:
             if self.scan:
-                x = run_stack(Unit(**kw, name=probe.scan_name(pat, 1)), x, self.depth - 1)
+                x = run_stack(Unit(**kw, name=probe.scan_name(pat, 1)), x, self.depth - 1,
+                              remat=self.remat)
             else:
                 for i in range(1, self.depth):
                     x = Unit(**kw, name=pat.format(i))(x)
@@ -57,7 +59,7 @@ class MLP(nn.Module):
 
 
 def mlp(depth: int, width: int, *, norm="none", activation=None, n_classes: int = 100,
-        scan: bool = True, **norm_options) -> MLP:
+        scan: bool = True, remat: bool = False, **norm_options) -> MLP:
     """A fully connected net of ``depth`` x (dense(width) -> ``norm`` -> ``activation``).
 
     Args:
@@ -65,10 +67,13 @@ def mlp(depth: int, width: int, *, norm="none", activation=None, n_classes: int 
       norm: a name from ``sigprop.normalizers.names()`` or a module factory.
       activation: ``None`` for the normalizer's pairing (else ReLU), a name or a callable.
       n_classes: classifier outputs. scan: run the identical layers as one ``nn.scan``.
+      remat: recompute each scanned layer in the backward pass (``jax.checkpoint``) instead of
+        keeping what its backward uses: memory per layer is one activation (very deep nets).
       **norm_options: passed to the normalizer (e.g. ``group_size=4``).
     """
     check_positive(depth=depth, width=width)
     check_positive(n_classes=n_classes)
     spec, act = resolve(norm, activation, norm_options)
     spec.check_width(width)
-    return MLP(depth=depth, width=width, spec=spec, activation=act, n_classes=n_classes, scan=scan)
+    return MLP(depth=depth, width=width, spec=spec, activation=act, n_classes=n_classes, scan=scan,
+               remat=bool(remat))

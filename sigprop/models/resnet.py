@@ -116,6 +116,7 @@ class ResNet(nn.Module):
     final_norm: bool = False
     scan: bool = True
     conv_impl: str = "auto"
+    remat: bool = False
 
     def _plan(self):
         """``[(stage, first block, count, block kwargs)]``: each entry one module or stack."""
@@ -171,7 +172,7 @@ class ResNet(nn.Module):
         plan = self._plan()
         for s in range(1, len(self.stages) + 1):
             stage_runs = [(first, count, {**common, **kw}) for t, first, count, kw in plan if t == s]
-            x = _Stage(name=f"stage{s}")(x, stage_runs, self.scan)
+            x = _Stage(name=f"stage{s}")(x, stage_runs, self.scan, self.remat)
         if self.final_norm:
             x = _FinalNorm(self.spec, self.activation, name="final")(x)
         return head(x, self.n_classes)
@@ -181,10 +182,11 @@ class _Stage(nn.Module):
     """A namespace for one stage's blocks, given as runs ``(first block, count, block kwargs)``."""
 
     @nn.compact
-    def __call__(self, x, stage_runs, scan):
+    def __call__(self, x, stage_runs, scan, remat=False):
         for first, count, kw in stage_runs:
             if scan and count > 1:
-                x = run_stack(_Block(**kw, name=probe.scan_name("block{}", first)), x, count)
+                x = run_stack(_Block(**kw, name=probe.scan_name("block{}", first)), x, count,
+                              remat=remat)
             else:
                 for b in range(first, first + count):
                     x = _Block(**kw, name=f"block{b}")(x)
@@ -203,7 +205,8 @@ class _FinalNorm(nn.Module):
 
 def resnet(blocks: int = 9, widths: tuple = (32, 64, 128), *, norm="batchnorm", activation=None,
            n_classes: int = 100, preact: bool = False, skipinit: bool = False, alpha: float = 1.0,
-           scan: bool = True, conv_impl: str = "auto", **norm_options) -> ResNet:
+           scan: bool = True, conv_impl: str = "auto", remat: bool = False,
+           **norm_options) -> ResNet:
     """A CIFAR ResNet of ``len(widths)`` stages x ``blocks`` basic blocks (``resnet56`` is
     ``blocks=9, widths=(32, 64, 128)``; small ones make quick tests). Arguments as in
     :func:`resnet56`."""
@@ -219,12 +222,12 @@ def resnet(blocks: int = 9, widths: tuple = (32, 64, 128), *, norm="batchnorm", 
     return ResNet(stages=stages, spec=spec, activation=act, n_classes=n_classes,
                   stem_width=widths[0], stem="unit", preact=preact,
                   skip_gain=0.0 if skipinit else float(alpha), learn_gain=skipinit, scan=scan,
-                  conv_impl=conv_impl)
+                  conv_impl=conv_impl, remat=bool(remat))
 
 
 def resnet56(*, norm="batchnorm", activation=None, n_classes: int = 100, preact: bool = False,
              skipinit: bool = False, alpha: float = 1.0, scan: bool = True,
-             conv_impl: str = "auto", **norm_options) -> ResNet:
+             conv_impl: str = "auto", remat: bool = False, **norm_options) -> ResNet:
     """[BB]'s CIFAR ResNet-56: stem 3x3 conv 3->32 + norm + act; 3 stages x 9 basic blocks of
     widths 32, 64, 128, strides 1, 2, 2; 3x3 strided conv + norm shortcut where the shape changes.
 
@@ -232,16 +235,17 @@ def resnet56(*, norm="batchnorm", activation=None, n_classes: int = 100, preact:
       preact: the pre-activation block (norm-act-conv-norm-act-conv, times gain, plus shortcut).
       skipinit: the residual branch is multiplied by a learnable alpha initialized to 0 (De & Smith
         2020). alpha: a fixed branch gain instead (1 = standard).
-      norm, activation, n_classes, scan, conv_impl, **norm_options: as in
+      norm, activation, n_classes, scan, conv_impl, remat, **norm_options: as in
         :func:`sigprop.models.cnn`.
     """
     return resnet(9, (32, 64, 128), norm=norm, activation=activation, n_classes=n_classes,
                   preact=preact, skipinit=skipinit, alpha=alpha, scan=scan, conv_impl=conv_impl,
-                  **norm_options)
+                  remat=remat, **norm_options)
 
 
 def wrn(depth: int = 26, k: int = 2, *, skip: bool = True, norm="batchnorm", activation=None,
-        n_classes: int = 100, scan: bool = True, conv_impl: str = "auto", **norm_options) -> ResNet:
+        n_classes: int = 100, scan: bool = True, conv_impl: str = "auto", remat: bool = False,
+        **norm_options) -> ResNet:
     """WideResNet-``depth``-``k`` (Zagoruyko & Komodakis 2016), pre-activation blocks.
 
     Stem 3x3 conv 3->16; 3 stages of ``(depth - 2) / 6`` blocks of widths 16k, 32k, 64k, strides
@@ -260,4 +264,5 @@ def wrn(depth: int = 26, k: int = 2, *, skip: bool = True, norm="batchnorm", act
         spec.check_width(c)
     return ResNet(stages=tuple((w, n, st) for w, st in zip(widths, (1, 2, 2))), spec=spec,
                   activation=act, n_classes=n_classes, stem_width=16, stem="conv", preact=True,
-                  skip=skip, shortcut_kernel=1, final_norm=True, scan=scan, conv_impl=conv_impl)
+                  skip=skip, shortcut_kernel=1, final_norm=True, scan=scan, conv_impl=conv_impl,
+                  remat=bool(remat))

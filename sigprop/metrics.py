@@ -171,20 +171,19 @@ def _entropy_rank(sigma):
     return jnp.where(total > 0, jnp.exp(entropy), 0.0)
 
 
-def _from_gram(g, lam):
-    """``[cosine, stable rank, effective rank]`` from the Gram matrix ``g`` of the raw rows and
-    its eigenvalues ``lam`` (any order), in ``g``'s dtype. The largest eigenvalue of the
-    normalized Gram matrix (PSD) is its largest singular value: LAPACK's ``gesdd`` without
-    vectors is about twice as fast as ``syevd`` (which jax always asks for vectors)."""
-    g_hat = _normalized(g)
-    lam_max = jnp.linalg.svd(g_hat, compute_uv=False)[0]
+def _cosine_and_stable(g_hat):
+    """``[cosine, stable rank]`` from the normalized Gram matrix, in ``g_hat``'s dtype; its
+    largest eigenvalue (PSD) is taken as its largest singular value, in float32: LAPACK's
+    ``gesdd`` without vectors is about twice as fast as ``syevd`` (jax always asks it for
+    vectors), and a float32 ``||G_hat||_2`` is accurate to ~1e-7 relative."""
+    lam_max = jnp.linalg.svd(g_hat.astype(jnp.float32), compute_uv=False)[0].astype(g_hat.dtype)
     stable = jnp.where(lam_max > 0, jnp.trace(g_hat) / jnp.where(lam_max > 0, lam_max, 1.0), 0.0)
-    return jnp.stack([_cosine(g_hat), stable, _entropy_rank(jnp.sqrt(jnp.clip(lam, 0.0)))])
+    return jnp.stack([_cosine(g_hat), stable])
 
 
-# lambda_min / lambda_max of the float32 Gram matrix above which its float32 eigenvalues give the
-# effective rank to ~2e-6 (measured: 2e-6 at 1e-4, 5e-7 at 1e-3, for D = 1024 ... 32768); below,
-# the singular values near sqrt(eps) s_max need the float64 Gram matrix.
+# Below this lambda_min / trace of the float32 Gram matrix, its float32 eigenvalues no longer give
+# the effective rank to ~2e-6 (measured at lambda_min / lambda_max = 1e-4, for D = 1024 ... 32768;
+# 5e-7 at 1e-3): the singular values near sqrt(eps) s_max need the float64 Gram matrix.
 _F32_MIN_EIGEN_RATIO = 1e-4
 
 
@@ -192,17 +191,24 @@ _F32_MIN_EIGEN_RATIO = 1e-4
 def _gram_metrics_cpu(m):
     """``[cosine, stable rank, effective rank]`` of the rows ``m [B, D]`` (float32).
 
-    From the float32 Gram matrix when it is finite, not tiny and well conditioned
-    (``lambda_min >= 1e-4 lambda_max``; its singular values are then its eigenvalues, all
-    positive); else from the float64 Gram matrix (exact products, float64 sums and
-    eigenvalues). NaN where ``m`` is not finite. The branch is a real ``lax.cond``: this
-    function runs one matrix at a time (``_unbatched``).
+    From the float32 Gram matrix ``G`` when it is finite, not tiny and well conditioned:
+    ``G - 1e-4 trace(G) I`` has a Cholesky factor, so ``lambda_min >= 1e-4 trace(G) >=
+    1e-4 lambda_max`` (its singular values are then its eigenvalues). Otherwise the effective
+    rank comes from the float64 Gram matrix (exact products, float64 sums and eigenvalues), and
+    cosine and stable rank from its normalized form. NaN where ``m`` is not finite. The branch
+    is a real ``lax.cond``: this function runs one matrix at a time (``_unbatched``).
     """
     g = lax.dot_general(m, m, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST)
     finite = jnp.all(jnp.isfinite(g))
     g = jnp.where(finite, g, 0.0)  # LAPACK never sees a NaN
-    lam = jnp.linalg.svd(g, compute_uv=False)  # |eigenvalues| of the PSD g, descending
-    fast = finite & (lam[0] > 1e-20) & (lam[-1] >= _F32_MIN_EIGEN_RATIO * lam[0])
+    tr = jnp.trace(g)
+    shifted = g - (_F32_MIN_EIGEN_RATIO * tr) * jnp.eye(g.shape[0], dtype=g.dtype)
+    fast = finite & (tr > 1e-20) & jnp.all(jnp.isfinite(jnp.linalg.cholesky(shifted)))
+
+    def well_conditioned(m):
+        lam = jnp.linalg.svd(g, compute_uv=False)  # the eigenvalues of the PSD g
+        return jnp.concatenate([_cosine_and_stable(_normalized(g)),
+                                _entropy_rank(jnp.sqrt(lam))[None]])
 
     def exact(m):
         with jax.enable_x64(True):
@@ -210,10 +216,12 @@ def _gram_metrics_cpu(m):
                                 preferred_element_type=jnp.float64)
             finite = jnp.all(jnp.isfinite(g))
             g = jnp.where(finite, g, 0.0)
-            out = _from_gram(g, jnp.linalg.eigvalsh(g))
+            lam = jnp.linalg.eigvalsh(g)
+            out = jnp.concatenate([_cosine_and_stable(_normalized(g)),
+                                   _entropy_rank(jnp.sqrt(jnp.clip(lam, 0.0)))[None]])
             return jnp.where(finite, out, jnp.nan).astype(jnp.float32)
 
-    return lax.cond(fast, lambda m: _from_gram(g, lam), exact, m)
+    return lax.cond(fast, well_conditioned, exact, m)
 
 
 def _in_float64(fn):

@@ -287,3 +287,25 @@ def test_remat_keeps_less_for_the_backward_pass():
         compiled = _jit_measure.lower(model, variables, x, jax.random.key(6)).compile()
         sizes[remat] = compiled.memory_analysis().temp_size_in_bytes
     assert sizes[True] < 0.75 * sizes[False], sizes
+
+
+def test_lazy_weights_give_the_same_numbers():
+    x = jax.random.normal(jax.random.key(8), (16, 32))
+    plain = sigprop.mlp(5, 32, norm="layernorm")
+    v_plain = plain.init(jax.random.key(9), x)
+    for remat in (False, True):
+        lazy = sigprop.mlp(5, 32, norm="layernorm", remat=remat, lazy_weights=True)
+        v_lazy = lazy.init(jax.random.key(9), x)
+        # the params hold the kernels' keys; drawing them gives the plain model's kernels
+        stack_key = "layer{:02d}+1"
+        drawn = jax.vmap(lambda k: sigprop.models.layers.he_normal(k, (32, 32)))(
+            v_lazy["params"][stack_key]["Dense_0"]["kernel"])
+        np.testing.assert_array_equal(drawn, v_plain["params"][stack_key]["Dense_0"]["kernel"])
+        a_plain, g_plain = _measured(plain, v_plain, x)
+        a_lazy, g_lazy = _measured(lazy, v_lazy, x)
+        np.testing.assert_allclose(a_lazy, a_plain, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(g_lazy, g_plain, rtol=1e-5, atol=1e-7)
+    res = sigprop.analyze(sigprop.mlp(5, 32, lazy_weights=True, remat=True), x, seeds=2)
+    ref = sigprop.analyze(sigprop.mlp(5, 32), x, seeds=2)
+    np.testing.assert_allclose(res.effective_rank, ref.effective_rank, rtol=1e-5)
+    np.testing.assert_allclose(res.grad_norm, ref.grad_norm, rtol=1e-5)

@@ -61,13 +61,13 @@ def act_slot(spec, activation):
 
 
 def affine_op(spec, features: int, *, conv: bool, stride: int = 1, kernel: int = 3,
-              impl: str = "auto") -> Callable:
+              impl: str = "auto", lazy: bool = False) -> Callable:
     """The conv/dense of a layer, with the normalizer's weight transform and input centering."""
     if conv:
         op = Conv(features, stride=stride, kernel=kernel, weight=spec.weight, use_bias=spec.bias,
                   impl=impl)
     else:
-        op = Dense(features, weight=spec.weight, use_bias=spec.bias)
+        op = Dense(features, weight=spec.weight, use_bias=spec.bias, lazy=lazy)
 
     def apply(x):
         return op(center_layer(x) if spec.center_input else x)
@@ -85,10 +85,12 @@ class Unit(nn.Module):
     stride: int = 1
     conv: bool = True
     impl: str = "auto"
+    lazy: bool = False  # dense only: see layers.kernel
 
     @nn.compact
     def __call__(self, x):
-        y = affine_op(self.spec, self.features, conv=self.conv, stride=self.stride, impl=self.impl)(x)
+        y = affine_op(self.spec, self.features, conv=self.conv, stride=self.stride, impl=self.impl,
+                      lazy=self.lazy)(x)
         y = probe.observe_grad(self, y)
         y = norm_slot(self.spec, self.activation)(y)
         y = act_slot(self.spec, self.activation)(y)

@@ -145,17 +145,29 @@ class Conv(nn.Module):
         return y
 
 
+def kernel(module: nn.Module, init: Callable, shape: tuple, lazy: bool):
+    """``module``'s ``'kernel'`` param, ``init(rng, shape, float32)``. ``lazy``: the param holds
+    the RNG key that ``init`` would get and the kernel is drawn from it here, on every call (the
+    same values); under ``jax.checkpoint`` the backward pass draws it again instead of keeping
+    it, so a deep stack of lazy layers stores no kernels."""
+    if not lazy:
+        return module.param("kernel", init, shape, jnp.float32)
+    return init(module.param("kernel", lambda rng: rng), shape, jnp.float32)
+
+
 class Dense(nn.Module):
-    """Dense layer, He-normal init, with the ``weight`` reparametrization."""
+    """Dense layer, He-normal init, with the ``weight`` reparametrization (``lazy``: see
+    :func:`kernel`)."""
 
     features: int
     weight: str = "plain"
     use_bias: bool = False
     kernel_init: Callable = he_normal
+    lazy: bool = False
 
     @nn.compact
     def __call__(self, x):
-        w = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        w = kernel(self, self.kernel_init, (x.shape[-1], self.features), self.lazy)
         gamma = None
         if self.weight != "plain":
             gamma = self.param("gain", nn.initializers.ones, (self.features,), jnp.float32)

@@ -245,9 +245,22 @@ def _in_float64(fn):
 
 
 @_in_float64
-def _norm_f64(g):
+def _sum_sq_f64(g):
     """``||g||_F`` from the float64 sum of squares (float32 squares fit; no scaling pass)."""
     return jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float64)))).astype(jnp.float32)
+
+
+@jax.custom_jvp
+def _norm_f64(g):
+    return _sum_sq_f64(g)
+
+
+@_norm_f64.defjvp
+def _norm_f64_jvp(primals, tangents):  # d||g|| = <g / ||g||, dg> (custom_vmap has no AD rule)
+    (g,), (dg,) = primals, tangents
+    norm = _sum_sq_f64(g)
+    unit = g / jnp.where(norm > 0, norm, 1.0)
+    return norm, jnp.sum(unit * dg)
 
 
 def _use_f64() -> bool:

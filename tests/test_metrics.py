@@ -540,3 +540,10 @@ def test_collect_and_ordered_match_unstacked_layout():
                                   -np.asarray(flat["stage1/block1/out"]))
     with pytest.raises(RuntimeError, match="differ"):
         sp.ordered(values, tuple(flat)[:-1], "test")
+
+
+def test_grad_norm_is_differentiable():
+    g = rand((4, 3, 5), seed=81)
+    got = np.asarray(jax.jit(jax.grad(sm.grad_norm))(jnp.asarray(g)))
+    want = np.asarray(g, np.float64) / ref_grad_norm(g)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-7)

@@ -28,6 +28,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 ACT_METRICS = (
@@ -136,6 +137,60 @@ def _unbatched(fn):
     return wrapped
 
 
+def _syevd_values(g, mode: str):
+    """jaxlib's LAPACK ``?syevd`` FFI target on one symmetric matrix (lower triangle): its
+    eigenvalues (ascending) and LAPACK's ``info``. ``mode='N'`` skips the eigenvectors, which
+    ``jnp.linalg.eigvalsh`` always computes (``mode='V'``)."""
+    from jaxlib import lapack
+
+    target = lapack.prepare_lapack_call("syevd_ffi", np.dtype(g.dtype))  # also loads LAPACK
+    n = g.shape[-1]
+    _, w, info = jax.ffi.ffi_call(
+        target,
+        (jax.ShapeDtypeStruct(g.shape, g.dtype), jax.ShapeDtypeStruct((n,), g.dtype),
+         jax.ShapeDtypeStruct((), jnp.int32)),
+        input_output_aliases={0: 0},
+        input_layouts=[(1, 0)],  # column-major, as LAPACK wants (jax's own lowering does this)
+        output_layouts=[(1, 0), None, None],
+    )(g, mode=np.uint8(ord(mode)), uplo=np.uint8(ord("L")))
+    return w, info
+
+
+@functools.cache
+def _eigenvalues_only_works() -> bool:
+    """Whether :func:`_syevd_values` without eigenvectors runs here and gives the eigenvalues of
+    a known matrix (float32 and float64). It relies on jaxlib's LAPACK FFI target and its
+    attributes, which are not public API: any failure (older or newer jaxlib) means
+    ``jnp.linalg`` instead."""
+    try:
+        q, _ = np.linalg.qr(np.arange(1.0, 26.0).reshape(5, 5) ** 0.5)
+        want = np.array([0.5, 1.0, 2.0, 3.0, 7.0])
+        a = q @ np.diag(want) @ q.T
+        for dtype in (np.float32, np.float64):
+            # run now, also when first asked while tracing (ops there are staged, not run)
+            with jax.ensure_compile_time_eval(), jax.enable_x64(dtype == np.float64):
+                w, info = jax.jit(_syevd_values, static_argnums=1)(a.astype(dtype), "N")
+                w, info = np.asarray(w), int(info)
+            if info != 0 or w.dtype != dtype or not np.allclose(w, want, rtol=1e-5, atol=1e-5):
+                return False
+        return True
+    except Exception:  # a fast path only: any failure falls back to jnp.linalg
+        return False
+
+
+def _eigvalsh(g):
+    """Eigenvalues (ascending) of one symmetric ``[n, n]`` matrix, NaN if LAPACK fails.
+
+    On CPU, LAPACK's ``?syevd`` without eigenvectors when jaxlib's FFI target allows it
+    (:func:`_eigenvalues_only_works`): 1.5x (n = 256) to 1.8x (n = 32) faster than the
+    eigenvalues from ``gesdd`` (jnp.linalg.svd without vectors), 2-2.5x faster than
+    ``jnp.linalg.eigvalsh``; else ``jnp.linalg.eigvalsh``."""
+    if g.ndim == 2 and jax.default_backend() == "cpu" and _eigenvalues_only_works():
+        w, info = _syevd_values(g, "N")
+        return jnp.where(info == 0, w, jnp.nan)
+    return jnp.linalg.eigvalsh(g)
+
+
 @_unbatched
 def _singular_values(m):
     """Singular values of ``m`` through a QR of ``m^T`` (backward stable: a zero singular value
@@ -174,10 +229,8 @@ def _entropy_rank(sigma):
 
 def _cosine_and_stable(g_hat):
     """``[cosine, stable rank]`` from the normalized Gram matrix, in ``g_hat``'s dtype; its
-    largest eigenvalue (PSD) is taken as its largest singular value, in float32: LAPACK's
-    ``gesdd`` without vectors is about twice as fast as ``syevd`` (jax always asks it for
-    vectors), and a float32 ``||G_hat||_2`` is accurate to ~1e-7 relative."""
-    lam_max = jnp.linalg.svd(g_hat.astype(jnp.float32), compute_uv=False)[0].astype(g_hat.dtype)
+    largest eigenvalue ``||G_hat||_2`` is computed in float32 (accurate to ~1e-7 relative)."""
+    lam_max = _eigvalsh(g_hat.astype(jnp.float32))[-1].astype(g_hat.dtype)
     stable = jnp.where(lam_max > 0, jnp.trace(g_hat) / jnp.where(lam_max > 0, lam_max, 1.0), 0.0)
     return jnp.stack([_cosine(g_hat), stable])
 
@@ -207,7 +260,7 @@ def _gram_metrics_cpu(m):
     fast = finite & (tr > 1e-20) & jnp.all(jnp.isfinite(jnp.linalg.cholesky(shifted)))
 
     def well_conditioned(m):
-        lam = jnp.linalg.svd(g, compute_uv=False)  # the eigenvalues of the PSD g
+        lam = jnp.clip(_eigvalsh(g), 0.0)  # all >= 1e-4 trace here (up to rounding)
         return jnp.concatenate([_cosine_and_stable(_normalized(g)),
                                 _entropy_rank(jnp.sqrt(lam))[None]])
 
@@ -217,7 +270,7 @@ def _gram_metrics_cpu(m):
                                 preferred_element_type=jnp.float64)
             finite = jnp.all(jnp.isfinite(g))
             g = jnp.where(finite, g, 0.0)
-            lam = jnp.linalg.eigvalsh(g)
+            lam = _eigvalsh(g)
             out = jnp.concatenate([_cosine_and_stable(_normalized(g)),
                                    _entropy_rank(jnp.sqrt(jnp.clip(lam, 0.0)))[None]])
             return jnp.where(finite, out, jnp.nan).astype(jnp.float32)

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 import sigprop
-from sigprop import probe
+from sigprop import probe, xla_cpu
 from sigprop.models import layers
 
 _analyze = importlib.import_module("sigprop.analyze")  # the module (sigprop.analyze is analyze())
@@ -90,6 +90,7 @@ def bare_forward_backward(model, shape, seeds: int = 1):
             return jax.grad(lambda x: _analyze._loss(model, v["params"], v.get(probe.PROBES, {}),
                                                      x, k_label)[0])(x)
 
+    @xla_cpu.fast_rng  # init as _run draws it
     @jax.jit
     def run(keys):
         with jax.default_matmul_precision("highest"), probe.tap_mode("off"):
@@ -156,8 +157,8 @@ def target_4(args):
             run(k)
 
     # the weight draws alone (jax's threefry, He-normal kernels) for the 64 seeds, in one call
-    draw = _ready(jax.jit(jax.vmap(lambda k: model.init(jax.random.split(k)[0],
-                                                        jnp.zeros(shape)))))
+    draw = _ready(xla_cpu.fast_rng(jax.jit(jax.vmap(
+        lambda k: model.init(jax.random.split(k)[0], jnp.zeros(shape))))))
     t = _interleaved({"one": lambda: run(keys), "many": many, "init": lambda: draw(keys)},
                      max(2, args.repeats // 2))
     one, many_t = statistics.median(t["one"]), statistics.median(t["many"])
@@ -186,7 +187,7 @@ def _t5_child(lazy: bool, repeats: int) -> dict:
         for _ in range(n_dot):
             jax.block_until_ready(dot(a, w))
 
-    draw = jax.jit(lambda k: layers.he_normal(k, (width, width), jnp.float32))
+    draw = xla_cpu.fast_rng(jax.jit(lambda k: layers.he_normal(k, (width, width), jnp.float32)))
     key = jax.random.key(1)
 
     def draws():  # one layer's kernel, drawn as the model draws it (He normal, threefry)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sigprop import devices, probe
+from sigprop import devices, probe, xla_cpu
 from sigprop.results import LayerMetrics, from_arrays
 
 
@@ -132,6 +132,7 @@ def _one_seed(model, shape, key, x, opts: Options = Options()):
     return out
 
 
+@xla_cpu.fast_rng
 @functools.partial(jax.jit, static_argnames=("model", "shape", "precision", "opts", "impl"))
 def _run(model, shape, keys, x, precision, opts: Options = Options(), impl=None):
     """All seeds in one vmapped call. ``keys`` are typed keys or raw key data (``uint32``), whose

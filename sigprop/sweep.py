@@ -39,7 +39,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import numpy as np
 
-from sigprop import devices
+from sigprop import devices, xla_cpu
 from sigprop.analyze import (
     DEFAULT_NOISE,
     NonFiniteWarning,
@@ -185,6 +185,7 @@ def _hashable(v):
     return v
 
 
+@xla_cpu.fast_rng
 @functools.partial(jax.jit, static_argnames=("make", "shape", "impl", "precision", "opts"))
 def _run_values(make, shape, keys, values, x, impl, precision, opts=Options()):
     """Items of a (points x seeds) axis in one vmapped call: item ``j`` builds

@@ -1,0 +1,91 @@
+"""XLA:CPU speed-ups that change no number.
+
+:func:`unrolled_threefry`: on CPU, jax lowers its default PRNG (threefry2x32) as a rolled loop
+(5 iterations over whole arrays, to keep compile times short), which runs 3x slower than the
+straight-line form jax uses on every other backend: drawing a 1024 x 1024 He-normal kernel took
+longer than a 256 x 1024 x 1024 matmul. Inside the context, programs lowered for CPU use the
+straight-line form: the same bits, bit for bit (tests/test_xla_cpu.py), only faster.
+sigprop's jitted entry points (``analyze``, ``sweep``) lower inside it; nothing outside them
+changes.
+
+This swaps a private jax lowering table entry for the duration of the context (guarded: where
+jax's internals differ, the context does nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+
+_lock = threading.Lock()
+_depth = 0
+_saved = None
+
+
+@functools.cache
+def _threefry_swap():
+    """``(cpu lowering table, threefry2x32 primitive, straight-line rule entry)``, or None where
+    jax's internals are not as expected."""
+    try:
+        from jax._src.interpreters import mlir
+        from jax._src.random import threefry2x32 as tf
+
+        table = mlir._platform_specific_lowerings["cpu"]
+        if tf.threefry2x32_p not in table:
+            return None
+        # out of line, as jax emits it on the other backends (the straight-line form is large)
+        return table, tf.threefry2x32_p, mlir.LoweringRuleEntry(tf._threefry2x32_lowering_rule,
+                                                                False)
+    except Exception:  # a speed-up only
+        return None
+
+
+@contextlib.contextmanager
+def unrolled_threefry():
+    """Lower threefry2x32 for CPU as straight-line code while inside (re-entrant, thread-safe:
+    the swap holds from the first entry to the last exit)."""
+    global _depth, _saved
+    swap = _threefry_swap()
+    if swap is None:
+        yield
+        return
+    table, prim, entry = swap
+    with _lock:
+        if _depth == 0:
+            _saved = table[prim]
+            table[prim] = entry
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                table[prim] = _saved
+                _saved = None
+
+
+class _Lowered:
+    """A jitted function whose calls (and ``lower``) run inside :func:`unrolled_threefry`; every
+    other attribute is the jitted function's."""
+
+    def __init__(self, jitted):
+        self._jitted = jitted
+        functools.update_wrapper(self, jitted)
+
+    def __call__(self, *args, **kwargs):
+        with unrolled_threefry():
+            return self._jitted(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        with unrolled_threefry():
+            return self._jitted.lower(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._jitted, name)
+
+
+def fast_rng(jitted):
+    """``jitted`` (a ``jax.jit`` function) lowered with :func:`unrolled_threefry`."""
+    return _Lowered(jitted)

@@ -1,0 +1,74 @@
+"""sigprop.xla_cpu: the straight-line threefry lowering changes no bit, only the program."""
+
+from __future__ import annotations
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sigprop
+from sigprop import xla_cpu
+
+engine = importlib.import_module("sigprop.analyze")
+
+pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU lowering")
+
+
+def _draws(key):
+    k1, k2 = jax.random.split(key)
+    return (jax.random.normal(k1, (7, 33)), jax.random.uniform(k2, (5,)),
+            jax.random.bits(jax.random.fold_in(key, 3), (4, 9)))
+
+
+def test_swap_is_available_here():
+    assert xla_cpu._threefry_swap() is not None  # else the context silently does nothing
+
+
+def test_same_bits_inside_and_outside_and_the_program_differs():
+    key = jax.random.key(42)
+    fn = jax.jit(_draws)
+    jax.clear_caches()
+    rolled_text = fn.lower(key).as_text()
+    outside = [np.asarray(a) for a in fn(key)]
+    jax.clear_caches()
+    with xla_cpu.unrolled_threefry():
+        straight_text = fn.lower(key).as_text()
+        inside = [np.asarray(a) for a in fn(key)]
+    jax.clear_caches()
+    for a, b in zip(outside, inside):
+        np.testing.assert_array_equal(a, b)
+    # jax's CPU form loops over rounds; the straight-line form has no loop
+    assert "stablehlo.while" in rolled_text
+    assert "stablehlo.while" not in straight_text
+    # and the table is restored: lowering again outside gives the rolled form
+    assert "stablehlo.while" in fn.lower(key).as_text()
+
+
+def test_reentrant_and_restored_after_an_error():
+    table, prim, entry = xla_cpu._threefry_swap()
+    before = table[prim]
+    with pytest.raises(RuntimeError):
+        with xla_cpu.unrolled_threefry():
+            with xla_cpu.unrolled_threefry():
+                assert table[prim] is entry
+            assert table[prim] is entry  # still inside the outer context
+            raise RuntimeError("boom")
+    assert table[prim] is before
+
+
+def test_analyze_numbers_do_not_depend_on_the_lowering():
+    """``analyze``'s jitted core (lowered with the straight-line form) against the same function
+    lowered with jax's own CPU form: equal arrays, bit for bit."""
+    model, shape = sigprop.mlp(3, 16, norm="batchnorm"), (8, 16)
+    keys = engine._seed_keys(jax.random.key(0), 2)
+    jax.clear_caches()
+    fast = engine._run(model, shape, keys, None, "highest")
+    jax.clear_caches()
+    plain = engine._run._jitted(model, shape, keys, None, "highest")  # jax's rolled loop
+    jax.clear_caches()
+    for k in fast:
+        np.testing.assert_array_equal(np.asarray(fast[k]), np.asarray(plain[k]))
+    assert set(fast) == {"acts", "grads"} and jnp.all(jnp.isfinite(fast["acts"]))

@@ -5,8 +5,8 @@
 straight-line form jax uses on every other backend: drawing a 1024 x 1024 He-normal kernel took
 longer than a 256 x 1024 x 1024 matmul. Inside the context, programs lowered for CPU use the
 straight-line form: the same bits, bit for bit (tests/test_xla_cpu.py), only faster.
-sigprop's jitted entry points (``analyze``, ``sweep``) lower inside it; nothing outside them
-changes.
+sigprop's jitted entry points (``analyze``, ``sweep``) lower inside it; other code lowers as
+jax does (except another thread's, lowering at the same moment: the same bits either way).
 
 This swaps a private jax lowering table entry for the duration of the context (guarded: where
 jax's internals differ, the context does nothing).
@@ -66,7 +66,7 @@ def unrolled_threefry():
                 _saved = None
 
 
-class _Lowered:
+class _FastRNG:
     """A jitted function whose calls (and ``lower``) run inside :func:`unrolled_threefry`; every
     other attribute is the jitted function's."""
 
@@ -88,4 +88,4 @@ class _Lowered:
 
 def fast_rng(jitted):
     """``jitted`` (a ``jax.jit`` function) lowered with :func:`unrolled_threefry`."""
-    return _Lowered(jitted)
+    return _FastRNG(jitted)

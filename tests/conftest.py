@@ -16,3 +16,13 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+@pytest.fixture(autouse=True)
+def _no_persistent_cache(monkeypatch):
+    """``sigprop.cli.main`` run in-process would turn on sigprop's persistent XLA cache in
+    ``~/.cache`` for the rest of the test session: tests would write there, and a second run
+    would time differently from a fresh machine's."""
+    from sigprop import cli
+
+    monkeypatch.setattr(cli, "_fast_start", lambda: None)

@@ -19,7 +19,8 @@
 Targets 1, 4 and 5 also print a bound measured in the same run: the best ratio possible if
 sigprop's metrics (and, for 4 and 5, everything but drawing the weights with jax's default
 threefry PRNG) cost nothing. A bound below the target means no work on the metrics can meet it
-on this machine.
+on this machine (for 5: with the model's remat as built, which recomputes each layer's forward
+matmul in the backward pass).
 
     python benchmarks/targets.py [--targets 1,2,3,4,5] [--repeats 5] [--torch-seconds 2.35]
 """

@@ -4,10 +4,12 @@ Measure, layer by layer and over many seeds at once, how each normalization laye
 activations (variance, cosine similarity, ranks) and gradients (norms) at initialization.
 """
 
-from sigprop import devices, metrics, models, normalizers, probe, theory
+from sigprop import devices, engine, metrics, models, normalizers, probe, theory
 
 # analysis
-from sigprop.analyze import NonFiniteWarning, analyze
+from sigprop.analyze import NonFiniteWarning, analyze, layer_names
+from sigprop.probe import tap
+from sigprop.selectors import Taps
 from sigprop.sweep import load_sweep, sweep
 from sigprop.validate import validate
 
@@ -22,6 +24,9 @@ __version__ = "0.1.0"
 __all__ = [
     # analysis
     "analyze",
+    "layer_names",
+    "Taps",
+    "tap",
     "sweep",
     "load_sweep",
     "validate",
@@ -35,6 +40,7 @@ __all__ = [
     "wrn",
     # submodules
     "devices",
+    "engine",
     "metrics",
     "models",
     "normalizers",

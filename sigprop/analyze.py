@@ -1,178 +1,70 @@
-"""``analyze``: every layer's metrics of a randomly initialized network, over many seeds at once."""
+"""``analyze``: every layer's metrics of a network at initialization, over many seeds at once.
+
+The boundary of the engine (:mod:`sigprop.engine`): arguments are checked here, with a
+``ValueError`` naming the parameter, before anything is traced or compiled.
+"""
 
 from __future__ import annotations
 
-import functools
 import warnings
-from typing import Any, NamedTuple
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+from flax import nnx
 
-from sigprop import devices, probe, xla_cpu
-from sigprop.results import LayerMetrics, from_arrays
+from sigprop import engine, metrics
+from sigprop.engine import DEFAULT_NOISE, Plan, seed_keys
+from sigprop.results import LayerMetrics
+from sigprop.selectors import Taps
+
+PRECISIONS = ("default", "high", "highest", "float32", "bfloat16", "tensorfloat32")
 
 
 class NonFiniteWarning(RuntimeWarning):
     """A layer produced NaN or Inf; the result flags it (``LayerMetrics.finite``)."""
 
 
-def _seed_keys(key, seeds: int):
-    """Seed ``i`` uses ``fold_in(key, i)``: its numbers do not depend on how many seeds run."""
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(seeds))
+def check_seeds(seeds) -> int:
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, np.integer)) or seeds < 1:
+        raise ValueError(f"seeds={seeds!r} must be an integer >= 1")
+    return int(seeds)
 
 
-class Options(NamedTuple):
-    """Optional extra measurements (static: each setting compiles its own program).
-
-    Both come from one extra forward + backward pass over a *similar batch* ([U] section 4): the
-    batch ``x`` and ``x + s * xi``, ``xi ~ N(0, 1)``, with the same labels, run as a pair
-    (each with its own batch statistics).
-
-    - ``similar_batch_noise``: the noise scale ``s`` (None: no pair pass unless
-      ``gradient_correlation``, which then uses :data:`DEFAULT_NOISE`).
-    - ``similar_batch``: report every activation tap's Pearson correlation between the two
-      batches' outputs ([U] 4.1, information propagation).
-    - ``gradient_correlation``: report every gradient tap's Pearson correlation between the two
-      batches' loss gradients w.r.t. that layer's output ([U] 4.2, correlation of gradients
-      through the layers).
-    """
-
-    similar_batch_noise: float | None = None
-    similar_batch: bool = False
-    gradient_correlation: bool = False
+def check_key(key):
+    """An int or a scalar typed ``jax.random`` key -> a typed key."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) \
+            and key.shape == ():
+        return key
+    if isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,):
+        return jax.random.wrap_key_data(key)  # a raw jax.random.PRNGKey
+    raise ValueError(f"key={key!r}: expected an int or a scalar jax.random.key(...)")
 
 
-DEFAULT_NOISE = 0.1  # [U]'s s
+def check_precision(precision) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}; allowed: default, high, highest")
+    return precision
 
 
-def _loss(model: nn.Module, params, probes, x, label_key):
-    """Mean softmax cross-entropy against labels drawn (with ``label_key``) uniformly over the
-    model's outputs, plus any sown ``'losses'`` (RegNorm's regularizer). Returns (loss, taps)."""
-    logits, state = model.apply(
-        {"params": params, probe.PROBES: probes}, x, mutable=[probe.TAPS, probe.LOSSES]
-    )
-    labels = jax.random.randint(label_key, logits.shape[:1], 0, logits.shape[-1])
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    extra = jax.tree_util.tree_leaves(state.get(probe.LOSSES, {}))
-    loss = loss + sum(jnp.sum(e) for e in extra)
-    return loss, state.get(probe.TAPS, {})
-
-
-def measure(model: nn.Module, variables, x, label_key):
-    """One forward pass (activation taps) and one backward pass (gradient taps).
-
-    ``variables`` holds ``'params'`` and the zero ``'probes'`` made by ``model.init``. Returns
-    ``(taps, probe_grads)``: the sown activation metrics and, in the ``'probes'`` collection's
-    layout, ``[||grad||, finite]`` of every gradient tap. The loss is :func:`_loss`.
-    """
-    params, probes = variables["params"], variables.get(probe.PROBES, {})
-    probe_grads, taps = jax.grad(
-        lambda pr: _loss(model, params, pr, x, label_key), has_aux=True)(probes)
-    return taps, probe_grads
-
-
-def forward_backward(model: nn.Module, x, key):
-    """One seed: initialize ``model`` with ``key``, then :func:`measure`."""
-    k_init, k_label = jax.random.split(key)
-    return measure(model, model.init(k_init, x), x, k_label)
-
-
-def pair_correlations(model: nn.Module, variables, x, noise, label_key, grads: bool):
-    """Per layer, the correlation between batch ``x`` and batch ``x + noise`` (same labels).
-
-    The two batches run as a ``jax.vmap`` over :data:`probe.PAIR_AXIS`, so each keeps its own
-    batch statistics; every tap all-gathers its activation (or, backward, its gradient) over that
-    axis and correlates the two (``probe.tap_mode('pair')``). Returns ``(activation
-    correlations, gradient correlations or None)`` as ``{layer name: value}`` dicts; a gradient
-    value is ``[correlation, finite]``."""
-    params, probes = variables["params"], variables.get(probe.PROBES, {})
-
-    def one(xi):
-        with probe.tap_mode("pair"):
-            if grads:
-                probe_grads, taps = jax.grad(
-                    lambda pr: _loss(model, params, pr, xi, label_key), has_aux=True)(probes)
-                return probe.pair_values(taps), probe.grad_values(probe_grads)
-            _, taps = _loss(model, params, probes, xi, label_key)
-            return probe.pair_values(taps), None
-
-    acts, grad_values = jax.vmap(one, axis_name=probe.PAIR_AXIS)(jnp.stack([x, x + noise]))
-    first = functools.partial(jax.tree_util.tree_map, lambda v: v[0])
-    return first(acts), (None if grad_values is None else first(grad_values))
-
-
-def _one_seed(model, shape, key, x, opts: Options = Options()):
-    """Everything measured for one seed: a dict of arrays (``acts [L, 6]``, ``grads [G, 2]``,
-    and ``similar [L]`` / ``gcorr [K]`` when ``opts`` asks for them)."""
-    k_data, k_run = jax.random.split(key)
-    if x is None:
-        x = jax.random.normal(k_data, shape, jnp.float32)
-    k_init, k_label = jax.random.split(k_run)
-    variables = model.init(k_init, x)
-    taps, probe_grads = measure(model, variables, x, k_label)
-    layer_names = getattr(model, "layer_names", None)
-    _, acts = probe.ordered(probe.act_values(taps), layer_names, "activation taps")
-    _, grads = probe.ordered(probe.grad_values(probe_grads),
-                             getattr(model, "grad_layer_names", None), "gradient taps")
-    out = {"acts": acts, "grads": grads}
-    if opts.similar_batch or opts.gradient_correlation:
-        noise = opts.similar_batch_noise or DEFAULT_NOISE
-        xi = jax.random.normal(jax.random.fold_in(k_data, 1), x.shape, jnp.float32)
-        act_corr, grad_corr = pair_correlations(model, variables, x, noise * xi, k_label,
-                                                opts.gradient_correlation)
-        if opts.similar_batch:
-            out["similar"] = probe.ordered(act_corr, layer_names, "similar-batch taps")[1]
-        if opts.gradient_correlation:
-            out["gcorr"] = probe.ordered(grad_corr, getattr(model, "grad_layer_names", None),
-                                         "gradient taps")[1][:, 0]
-    return out
-
-
-@xla_cpu.fast_rng
-@functools.partial(jax.jit, static_argnames=("model", "shape", "precision", "opts", "impl"))
-def _run(model, shape, keys, x, precision, opts: Options = Options(), impl=None):
-    """All seeds in one vmapped call. ``keys`` are typed keys or raw key data (``uint32``), whose
-    leading axis may be sharded over devices (see :mod:`sigprop.devices`)."""
-    if not jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
-        keys = jax.random.wrap_key_data(keys, impl=impl)
-    with jax.default_matmul_precision(precision):
-        one = functools.partial(_one_seed, model, shape, opts=opts)
-        return jax.vmap(one, in_axes=(0, None))(keys, x)
-
-
-def run_sharded(model, shape, keys, x, precision: str = "highest", opts: Options = Options(),
-                mesh=None) -> dict[str, np.ndarray]:
-    """:func:`_run` with the seed axis sharded over ``mesh`` (default: every device).
-
-    The seed axis is padded to a multiple of the device count (extra seeds are computed and
-    dropped: each seed depends only on its own key). Returns numpy arrays ``[seeds, ...]``."""
-    m = devices.mesh() if mesh is None else mesh
-    n = keys.shape[0]
-    data = np.asarray(jax.random.key_data(keys))
-    padded = devices.padded_size(n, m)
-    if padded > n:
-        extra = np.repeat(data[-1:], padded - n, axis=0)  # computed, then dropped
-        data = np.concatenate([data, extra])
-    rep = devices.replicated(m)
-    x = None if x is None else jax.device_put(x, rep)
-    impl = str(jax.random.key_impl(keys))
-    out = _run(model, shape, devices.shard_leading(data, m), x, precision, opts, impl)
-    return {k: v[:n] for k, v in devices.to_host(out).items()}
-
-
-def check_inputs(model, inputs) -> tuple[tuple[int, ...], Any]:
-    """Validate ``inputs`` for ``model``; return ``(shape, array or None)``."""
-    if isinstance(inputs, (tuple, list)) and all(isinstance(d, (int, np.integer)) for d in inputs):
+def check_inputs(model, inputs) -> tuple[tuple[int, ...], Any, Any]:
+    """Validate ``inputs``; return ``(shape, dtype, array or None)``. Integer arrays (token
+    ids) stay integer; everything else is float32."""
+    if isinstance(inputs, (tuple, list)) and inputs and all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in inputs):
         shape, x = tuple(int(d) for d in inputs), None
-        if not shape or min(shape) < 1:
+        if min(shape) < 1:
             raise ValueError(f"inputs: a shape needs positive dimensions; got {tuple(inputs)}")
+        dtype = jnp.float32
     else:
         try:
-            x = jnp.asarray(inputs, dtype=jnp.float32)
+            arr = np.asarray(inputs) if not isinstance(inputs, jax.Array) else inputs
+            dtype = jnp.int32 if jnp.issubdtype(arr.dtype, jnp.integer) else jnp.float32
+            x = jnp.asarray(arr, dtype=dtype)
         except (TypeError, ValueError) as e:
             raise ValueError(f"inputs must be an array [batch, ...] or a shape tuple; got "
                              f"{type(inputs).__name__}") from e
@@ -190,25 +82,13 @@ def check_inputs(model, inputs) -> tuple[tuple[int, ...], Any]:
             )
         raise ValueError(f"inputs: batch size {shape[0]}; inter-sample metrics (cosine "
                          "similarity, ranks) need a batch of at least 2")
-    return shape, x
+    return shape, dtype, x
 
 
-def _config(model, shape, seeds, key, user_inputs: bool) -> dict:
-    spec = getattr(model, "spec", None)
-    return dict(
-        model=type(model).__name__,
-        norm=getattr(spec, "name", None),
-        norm_options={k: v for k, v in getattr(spec, "options", ())},
-        activation=str(getattr(model, "activation", None)),
-        inputs=list(shape),
-        user_inputs=user_inputs,
-        seeds=seeds,
-        key=key if isinstance(key, int) else None,
-    )
-
-
-def check_options(similar_batch_noise, gradient_correlation) -> Options:
-    """Validate the optional-metric arguments of :func:`analyze`; return :class:`Options`."""
+def make_plan(metric_names, similar_batch_noise, gradient_correlation, loss) -> Plan:
+    """Validate the metric arguments of :func:`analyze`; return the engine's :class:`Plan`."""
+    names = metrics.check_metrics(metric_names)
+    optional = ("residual_variance",) if metric_names is None else ()
     if similar_batch_noise is not None:
         if isinstance(similar_batch_noise, bool) or not isinstance(
                 similar_batch_noise, (int, float, np.integer, np.floating)):
@@ -218,72 +98,193 @@ def check_options(similar_batch_noise, gradient_correlation) -> Options:
         if not (similar_batch_noise > 0 and np.isfinite(similar_batch_noise)):
             raise ValueError(f"similar_batch_noise={similar_batch_noise!r} must be a finite "
                              "number > 0")
+        names = names + ("similar_batch_correlation",)
     if gradient_correlation not in (True, False):
         raise ValueError(f"gradient_correlation={gradient_correlation!r}: expected True or False")
-    return Options(similar_batch_noise, similar_batch_noise is not None,
-                   bool(gradient_correlation))
+    if gradient_correlation:
+        names = names + ("gradient_correlation",)
+    names = tuple(m for m in metrics.REGISTRY if m in names)
+    if loss is not None and not callable(loss):
+        raise ValueError(f"loss={loss!r} must be a callable (outputs, key) -> scalar")
+    noise = similar_batch_noise
+    if noise is None and set(names) & set(metrics.PAIR_METRICS):
+        noise = DEFAULT_NOISE
+    return Plan(names, noise, loss, optional)
 
 
-def _assemble(out: dict, model, config: dict, opts: Options = Options()) -> LayerMetrics:
-    """A :class:`LayerMetrics` from :func:`_one_seed`'s arrays (numpy, leading ``[seeds]``)."""
-    result = from_arrays(np.asarray(out["acts"]), np.asarray(out["grads"]), model.layer_names,
-                         model.grad_layer_names, config)
-    extra = {}
-    if "similar" in out:
-        extra["similar_batch_correlation"] = np.asarray(out["similar"])
-    if "gcorr" in out:
-        extra["gradient_correlation"] = np.asarray(out["gcorr"])
-    return result.replace(**extra) if extra else result
+def _check_apply_kwargs(apply_kwargs) -> tuple:
+    if apply_kwargs is None:
+        return ()
+    if not isinstance(apply_kwargs, dict) or not all(isinstance(k, str) for k in apply_kwargs):
+        raise ValueError(f"apply_kwargs={apply_kwargs!r} must be a dict of keyword arguments "
+                         "(e.g. {'train': True})")
+    try:
+        items = tuple(sorted(apply_kwargs.items()))
+        hash(items)
+    except TypeError as e:
+        raise ValueError(f"apply_kwargs={apply_kwargs!r}: values must be hashable "
+                         "(Python scalars, strings, tuples)") from e
+    return items
 
 
-def analyze(model: nn.Module, inputs, *, seeds: int = 1, key=0, precision: str = "highest",
-            similar_batch_noise: float | None = None, gradient_correlation: bool = False,
-            mesh=None) -> LayerMetrics:
-    """Measure every layer of ``model`` at initialization, for ``seeds`` random seeds at once.
+def _structure_error(what, want, got) -> ValueError:
+    return ValueError(f"variables=: the structure does not fit the model ({what}); expected "
+                      f"{jax.tree_util.tree_structure(want)}, got "
+                      f"{jax.tree_util.tree_structure(got)}")
 
-    Each seed initializes its own network (and, when ``inputs`` is a shape, draws its own N(0, 1)
-    batch) and runs one forward pass, where every activation tap reduces its activation to
-    metrics, and one backward pass, which gives every layer's gradient norm. The whole call is one
-    jitted, seed-vmapped computation whose seed axis is sharded over every device (a
-    ``jax.sharding.Mesh``; see :mod:`sigprop.devices`); a second call with the same model, shape,
-    seed count and options does not recompile.
+
+def _linen_variables(net, variables, seeds: int, x_abstract):
+    """The user's linen ``variables`` with zero probes added, checked against the model's
+    structure and shapes, as ``[seeds, ...]`` leaves."""
+    if not hasattr(variables, "items"):
+        raise ValueError(f"variables= must be a dict of collections like model.init returns; "
+                         f"got {type(variables).__name__}")
+    expected = jax.eval_shape(net.init, jax.random.key(0), x_abstract)
+    probes = expected.pop(engine.probe.PROBES, None)
+    given = {c: v for c, v in dict(variables).items() if c not in (engine.probe.PROBES,)}
+    want = {c: v for c, v in expected.items() if c in given or c == "params"}
+    if jax.tree_util.tree_structure(want) != jax.tree_util.tree_structure(given):
+        raise _structure_error("collections or names differ", want, given)
+    lead = None
+    for w, g in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(given)):
+        gs = np.shape(g)
+        if gs == w.shape:
+            lead_here = 0
+        elif gs[1:] == w.shape:
+            lead_here = gs[0]
+        else:
+            raise ValueError(f"variables=: a leaf of shape {gs} where the model has "
+                             f"{w.shape} (or [seeds, *{w.shape}])")
+        if lead is None:
+            lead = lead_here
+        elif lead != lead_here:
+            raise ValueError("variables=: some leaves have a leading seed axis and some not")
+    if lead == 0:
+        if seeds != 1:
+            raise ValueError(f"seeds={seeds} with variables= that have no leading seed axis: "
+                             "give [seeds, ...] leaves or seeds=1")
+        given = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], given)
+    elif lead != seeds:
+        raise ValueError(f"seeds={seeds}, but variables= have a leading axis of {lead}")
+    if probes is not None:
+        given[engine.probe.PROBES] = jax.tree_util.tree_map(
+            lambda s: np.zeros((seeds,) + s.shape, s.dtype), probes)
+    return given
+
+
+def network(model, x_abstract, taps, apply_kwargs=()):
+    """The engine's network for ``model`` (see :func:`analyze`); returns ``(net, state of an
+    nnx instance or None)``."""
+    if taps is not None and not isinstance(taps, Taps):
+        raise ValueError(f"taps={taps!r} must be sigprop.Taps(activations=..., gradients=...) "
+                         "or None")
+    if isinstance(model, nn.Module):
+        return engine.linen_network(model, x_abstract, taps, apply_kwargs), None
+    if isinstance(model, nnx.Module) or callable(model):
+        return engine.nnx_network(model, x_abstract, taps, apply_kwargs)
+    raise ValueError(f"model={model!r}: expected a sigprop zoo model, a flax.linen.Module, a "
+                     "flax.nnx.Module, or a callable rngs -> nnx.Module")
+
+
+def analyze(model, inputs, *, seeds: int = 1, key=0, variables=None, taps: Taps | None = None,
+            loss: Callable | None = None, metrics=None, apply_kwargs: dict | None = None,
+            precision: str = "highest", similar_batch_noise: float | None = None,
+            gradient_correlation: bool = False, mesh=None) -> LayerMetrics:
+    """Measure every observed layer of ``model`` at initialization, for ``seeds`` seeds at once.
+
+    Each seed initializes its own network (unless ``variables`` are given; and, when ``inputs``
+    is a shape, draws its own N(0, 1) batch), runs one forward pass, where every activation tap
+    records its statistics, and one backward pass of ``loss``, which gives every gradient tap's
+    norm; the spectral step (eigenvalues for the ranks) then runs once, batched over seeds x
+    layers. The whole call is one jitted, seed-vmapped computation whose seed axis is sharded
+    over every device; a second call with the same model, shape, seeds and options does not
+    recompile.
 
     Args:
-      model: a ``sigprop.models`` network (or any linen module using ``sigprop.probe`` taps).
-      inputs: an array ``[batch, ...]`` (the same batch for every seed) or a shape tuple.
+      model: a ``sigprop`` zoo model; any ``flax.linen.Module`` (with ``variables=`` it measures
+        those weights, else each seed initializes its own; mutable collections such as
+        ``batch_stats`` are handled, and batch-statistics layers run in train mode: build or
+        call your model so, e.g. ``apply_kwargs={"train": True}`` for Flax's ImageNet ResNet);
+        a ``flax.nnx.Module`` instance (its own weights, ``seeds=1``); or a callable
+        ``rngs -> nnx.Module`` (a fresh network per seed, all seeds in one vmapped call).
+      inputs: an array ``[batch, ...]`` (the same batch for every seed; integer arrays, e.g.
+        token ids, stay integer) or a shape tuple (N(0, 1) float32 inputs, drawn per seed).
       seeds: number of random seeds (>= 1). Seed ``i`` uses ``fold_in(key, i)``.
       key: an int or a ``jax.random`` key.
+      variables: linen variables as ``model.init`` returns them (``seeds=1``), or with a
+        leading seed axis on every leaf.
+      taps: :class:`sigprop.Taps`, which submodules are observed (default: the zoo's own taps
+        and :func:`sigprop.tap` calls; for models without any, every normalization module's
+        output and every Dense/Conv/Einsum output but the last one called).
+      loss: ``(outputs, key) -> scalar`` (default: mean softmax cross-entropy against labels
+        drawn with ``key`` uniformly over the outputs' last axis). Pass the same function
+        object each time: a new one compiles a new program.
+      metrics: names from ``sigprop.metrics.names()`` (default: every single-batch metric);
+        only what they need is recorded and computed.
+      apply_kwargs: keyword arguments for every call of the model (e.g. ``{"train": True}``).
       precision: matmul/conv precision (``"highest"`` = full float32 also on GPU/TPU).
-      similar_batch_noise: if set (``s > 0``; [U] uses 0.1), also measure each activation tap's
-        Pearson correlation between the outputs for ``x`` and ``x + s * xi``, ``xi ~ N(0, 1)``
-        drawn per seed (``LayerMetrics.similar_batch_correlation``, over ``layer_names``).
-      gradient_correlation: also measure each gradient tap's Pearson correlation between the
-        loss gradients for ``x`` and for ``x + s * xi`` with the same labels
-        (``LayerMetrics.gradient_correlation``, over ``grad_layer_names``; ``s`` =
-        ``similar_batch_noise`` or 0.1).
-      mesh: a 1-D ``jax.sharding.Mesh`` (``sigprop.devices.mesh``) to run on; default all devices.
+      similar_batch_noise: also measure each activation's Pearson correlation between the
+        outputs for ``x`` and ``x + s * xi`` (``s`` > 0; [U] uses 0.1), ``xi ~ N(0, 1)`` per
+        seed (``similar_batch_correlation``).
+      gradient_correlation: also measure each gradient tap's correlation between the loss
+        gradients for ``x`` and ``x + s * xi``, same labels (``s = similar_batch_noise`` or 0.1).
+      mesh: a 1-D ``jax.sharding.Mesh`` (``sigprop.devices.mesh``); default all devices.
 
     Returns:
-      :class:`~sigprop.results.LayerMetrics` with ``[seeds, layers]`` arrays. A NaN/Inf in a layer
-      is data: it is flagged in ``finite`` / ``grad_finite`` and a :class:`NonFiniteWarning`
-      names the first layer where it appears.
+      :class:`~sigprop.results.LayerMetrics`: ``[seeds, layers]`` arrays named by metric. A
+      NaN/Inf in a layer is data: flagged in ``finite`` / ``grad_finite``, and a
+      :class:`NonFiniteWarning` names the first layer where it appears.
     """
-    if isinstance(seeds, bool) or not isinstance(seeds, (int, np.integer)) or seeds < 1:
-        raise ValueError(f"seeds={seeds!r} must be an integer >= 1")
-    if precision not in ("default", "high", "highest", "float32", "bfloat16", "tensorfloat32"):
-        raise ValueError(f"precision={precision!r}; allowed: default, high, highest")
-    shape, x = check_inputs(model, inputs)
-    opts = check_options(similar_batch_noise, gradient_correlation)
-    root = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
-    out = run_sharded(model, shape, _seed_keys(root, int(seeds)), x, precision, opts, mesh)
-    config = _config(model, shape, int(seeds), key, x is not None)
-    if opts.similar_batch or opts.gradient_correlation:
-        config["options"] = dict(similar_batch_noise=opts.similar_batch_noise or DEFAULT_NOISE,
-                                 similar_batch=opts.similar_batch,
-                                 gradient_correlation=opts.gradient_correlation)
-    result = _assemble(out, model, config, opts)
+    seeds = check_seeds(seeds)
+    root = check_key(key)
+    precision = check_precision(precision)
+    plan = make_plan(metrics, similar_batch_noise, gradient_correlation, loss)
+    kw = _check_apply_kwargs(apply_kwargs)
+    shape, dtype, x = check_inputs(model, inputs)
+    if x is not None and jnp.issubdtype(x.dtype, jnp.integer) and plan.pair:
+        raise ValueError("similar_batch_noise / gradient_correlation add noise to the inputs: "
+                         "they need float inputs, not integer ones")
+    x_abstract = jax.ShapeDtypeStruct(shape, dtype)
+    net, own_state = network(model, x_abstract, taps, kw)
+    given = None
+    if own_state is not None:
+        if seeds != 1:
+            raise ValueError(f"seeds={seeds} with an nnx.Module instance, which has one set of "
+                             "weights: pass seeds=1, or a callable rngs -> nnx.Module for a "
+                             "fresh network per seed")
+        if variables is not None:
+            raise ValueError("variables=: an nnx.Module instance measures its own weights")
+        given = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], own_state)
+    elif variables is not None:
+        if net.kind != "linen":
+            raise ValueError("variables= is for flax.linen models; an nnx model holds its own")
+        given = _linen_variables(net, variables, seeds, x_abstract)
+    out = engine.execute(net, shape, dtype, seed_keys(root, seeds), x, given, plan, precision,
+                         mesh)
+    config = run_config(model, shape, seeds, key, x is not None, plan)
+    result = LayerMetrics.from_engine(out, config)
     warn_nonfinite(result)
     return result
+
+
+def run_config(model, shape, seeds, key, user_inputs: bool, plan: Plan) -> dict:
+    spec = getattr(model, "spec", None)
+    config = dict(
+        model=type(model).__name__,
+        norm=getattr(spec, "name", None),
+        norm_options={k: v for k, v in getattr(spec, "options", ())},
+        activation=str(getattr(model, "activation", None)),
+        inputs=list(shape),
+        user_inputs=user_inputs,
+        seeds=seeds,
+        key=key if isinstance(key, int) else None,
+        metrics=list(plan.metrics),
+    )
+    if plan.pair:
+        config["options"] = dict(similar_batch_noise=plan.noise,
+                                 similar_batch="similar_batch_correlation" in plan.metrics,
+                                 gradient_correlation="gradient_correlation" in plan.metrics)
+    return config
 
 
 def warn_nonfinite(result: LayerMetrics) -> None:
@@ -296,3 +297,24 @@ def warn_nonfinite(result: LayerMetrics) -> None:
             NonFiniteWarning,
             stacklevel=3,
         )
+
+
+def layer_names(model, inputs, *, taps: Taps | None = None, apply_kwargs=None) -> dict:
+    """``{"layer": names, "grad_layer": names, "branch_layer": names}`` that ``analyze`` would
+    report for ``model`` (traced abstractly; nothing is computed)."""
+    kw = _check_apply_kwargs(apply_kwargs)
+    shape, dtype, _ = check_inputs(model, inputs)
+    net, _ = network(model, jax.ShapeDtypeStruct(shape, dtype), taps, kw)
+    plan = Plan(("activation_variance", "grad_norm", "residual_variance"),
+                optional=("residual_variance",))
+
+    def one(key):
+        return engine.measure_item(net, shape, dtype, key, None if dtype == jnp.float32 else
+                                   jnp.zeros(shape, dtype), None, plan)
+
+    out = jax.eval_shape(one, jax.random.key(0))
+    return {"layer": out["activation_variance"].names, "grad_layer": out["grad_norm"].names,
+            "branch_layer": out["residual_variance"].names if "residual_variance" in out else ()}
+
+
+__all__ = ["analyze", "layer_names", "NonFiniteWarning", "DEFAULT_NOISE"]

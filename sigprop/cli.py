@@ -8,10 +8,6 @@ import os
 import sys
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(t) for t in text.split(",") if t]
-
-
 def _build_model(args):
     from sigprop import models
 
@@ -256,10 +252,6 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
 # ------------------------------------------------------------------------------------ validate
 
 
@@ -286,3 +278,7 @@ def _cmd_validate(args) -> int:
         validate.write_json(results, args.json, args.quick)
         print(f"wrote {args.json}")
     return 0 if all(r.passed for r in results) else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

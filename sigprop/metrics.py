@@ -1,35 +1,43 @@
-"""Metrics of one layer and one batch: pure functions of an activation (or gradient) array.
+"""Metrics: what a tap records inside the network, and the registry that turns records into metrics.
 
 Definitions follow science.md and the [BB] reference code. ``x`` is ``[B, ...]``; ``M`` is ``x``
 flattened to ``[B, D]``, ``M_hat`` its rows scaled to unit norm and ``G = M_hat M_hat^T``.
 A row of zeros (a dead sample) has cosine 0 with every other row instead of 0/0.
 
-Variance and squared mean are float32 reductions. The Gram-matrix metrics (cosine, stable rank,
-effective rank) are computed in one of two ways, both accurate for rank-collapsed batches:
+Two steps, so that the network never waits on LAPACK:
 
-- On CPU, from the Gram matrix ``M M^T`` and small ``B x B`` LAPACK calls (its spectrum and
-  ``||G||_2``). Its float32 eigenvalues give the singular values of ``M`` when it is well
-  conditioned (``lambda_min >= 1e-4 trace``, checked by a Cholesky factorization; the usual
-  case); otherwise (rank-collapsed batches, overflow, dead samples) the Gram matrix is
-  recomputed in float64 (every product of float32 values exact, float64 sums, nothing
-  overflows), whose eigenvalues give singular values to ~1e-8 ``s_max``. One float32 matmul
-  per layer in the usual case: about 10% of a conv layer's forward + backward.
-- Elsewhere (no fast float64: GPU, TPU), in float32 with full-precision matmuls. Every metric
-  here is scale-invariant except the variance and squared mean, so ``M`` is divided by
-  ``max |M|`` before its Gram matrix is formed: exploding activations (1e30) do not overflow.
-  Singular values (effective rank) come from a QR of ``M^T`` (~1e-7 ``s_max``).
+1. **Record** (inside the network, at each tap; :func:`record_moments`, :func:`record_gram`):
+   float32 reductions for the moments, and the ``B x B`` Gram matrix ``M M^T`` of the rows
+   scaled by ``max |M|`` (no square overflows). The Gram matrix is a float32 matmul when it is
+   well conditioned (``lambda_min >= 1e-4 trace``, tested by a Cholesky factorization written
+   in jnp, batched over seeds); otherwise it is recomputed with float64 sums of the (exact)
+   float32 products and stored as a float32 pair ``hi + lo`` (``~2^-48`` relative). On a TPU
+   (no float64) it is always the float32 Gram matrix.
+2. **Spectral step** (once, after the network, batched over seeds x layers; :class:`Stats`):
+   ``G = hi + lo`` in float64 (float32 on TPU); cosine from ``G_hat``; the eigenvalues of
+   ``G`` (effective rank: ``s_i = sqrt(lambda_i)``) and of ``G_hat`` (stable rank) in one
+   batched LAPACK call (``?syevd`` without eigenvectors on CPU, see :func:`_eigvalsh`).
+
+:data:`REGISTRY` names every metric: what it needs, which layer axis it lives on, its function
+and docstring. Adding a metric is one :class:`Metric` entry (plus its test).
 """
 
 from __future__ import annotations
 
-import ctypes
+import dataclasses
 import functools
-import os
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+# What a tap records (the engine asks taps for the needs of the requested metrics only)
+MOMENTS, GRAM, GRAD, PAIR, PAIR_GRAD, BRANCH = "moments", "gram", "grad", "pair", "pair_grad", "branch"
+NEEDS = (MOMENTS, GRAM, GRAD, PAIR, PAIR_GRAD, BRANCH)
+# The layer axes metrics live on
+LAYER, GRAD_LAYER, BRANCH_LAYER = "layer", "grad_layer", "branch_layer"
 
 ACT_METRICS = (
     "activation_variance",
@@ -40,10 +48,19 @@ ACT_METRICS = (
 )
 
 
+def _has_f64() -> bool:
+    """float64 arithmetic is available (CPU, GPU; not TPU)."""
+    return jax.default_backend() != "tpu"
+
+
+# ------------------------------------------------------------------------------------------------
+# Record: moments
+
+
 def activation_variance(x):
     """Mean over channels of the biased variance over ``(N, H, W)``:
-    ``mean_c var_{NHW}(x[..., c])``. ([BB]'s code used torch's unbiased variance; the two differ
-    by the factor ``n / (n - 1)``, ``n = N H W``.)"""
+    ``mean_c var_{NHW}(x[..., c])`` (Brock et al. 2021's *average channel variance*). ([BB]'s code
+    used torch's unbiased variance; the two differ by the factor ``n / (n - 1)``, ``n = N H W``.)"""
     axes = tuple(range(x.ndim - 1))
     mean = jnp.mean(x, axis=axes, keepdims=True)
     return jnp.mean(jnp.mean(jnp.square(x - mean), axis=axes))
@@ -51,10 +68,25 @@ def activation_variance(x):
 
 def channel_squared_mean(x):
     """Mean over channels of the squared channel mean: ``mean_c (mean_{NHW} x[..., c])^2``
-    (Brock et al. 2021's signal propagation plots). ``activation_variance + channel_squared_mean``
-    is the mean second moment ``mean(x^2)``."""
+    (Brock et al. 2021's *average channel squared mean*). ``activation_variance +
+    channel_squared_mean`` is the mean second moment ``mean(x^2)``."""
     axes = tuple(range(x.ndim - 1))
     return jnp.mean(jnp.square(jnp.mean(x, axis=axes)))
+
+
+def all_finite(x):
+    """1.0 if every entry of ``x`` is finite, else 0.0."""
+    return jnp.all(jnp.isfinite(x)).astype(jnp.float32)
+
+
+def record_moments(x):
+    """``[activation_variance, channel_squared_mean, finite(x)]`` of one activation (float32)."""
+    x = x.astype(jnp.float32)
+    return jnp.stack([activation_variance(x), channel_squared_mean(x), all_finite(x)])
+
+
+# ------------------------------------------------------------------------------------------------
+# Record: the Gram matrix
 
 
 def _safe_scale(m):
@@ -63,95 +95,119 @@ def _safe_scale(m):
 
 
 def _rows(x):
-    """``M / max|M|``: the batch as ``[B, D]`` rows, scaled so that no square overflows."""
+    """``M / max|M|``: the batch as ``[B, D]`` float32 rows, scaled so that no square overflows."""
     m = x.reshape(x.shape[0], -1).astype(jnp.float32)
     return m / _safe_scale(m)
 
 
-def _normalized(g):
-    """``G_hat = D^-1/2 G D^-1/2``, ``D = diag(G)``: the Gram matrix of the unit rows (a zero row
-    stays zero)."""
-    norms = jnp.sqrt(jnp.clip(jnp.diagonal(g), 0.0))
-    inv = jnp.where(norms > 0, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)
-    return g * inv[:, None] * inv[None, :]
+def _gram32(m):
+    return lax.dot_general(m, m, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST)
 
 
-def _gram(m):
-    """``G = M_hat M_hat^T`` of the rows ``m`` (zero rows stay zero)."""
-    return _normalized(jnp.matmul(m, m.T, precision=lax.Precision.HIGHEST))
+# Below this lambda_min / trace of the float32 Gram matrix, its float32 entries no longer give
+# the effective rank to ~2e-6 (measured at lambda_min / lambda_max = 1e-4, for D = 1024 ... 32768;
+# 5e-7 at 1e-3): the singular values near sqrt(eps) s_max need float64 sums.
+_F32_MIN_EIGEN_RATIO = 1e-4
 
 
-@functools.cache
-def _single_threaded_lapack() -> None:
-    """Run the OpenBLAS behind jaxlib's CPU LAPACK (scipy's) on one thread.
+def _positive_definite(a):
+    """Whether the symmetric ``a [n, n]`` has a Cholesky factor (every pivot > 0): an
+    unpivoted right-looking factorization in jnp (no LAPACK call inside the network)."""
+    n = a.shape[-1]
+    idx = jnp.arange(n)
 
-    Its worker threads spin on cores that XLA's own thread pool keeps busy: a QR of a
-    ``[32768, 64]`` matrix took 10x longer (a 64 x 64 ``eigvalsh`` 20x) with OpenBLAS's default
-    threads than with one. Left alone when ``OPENBLAS_NUM_THREADS`` is set, off Linux, or when
-    scipy is missing.
-    """
-    if "OPENBLAS_NUM_THREADS" in os.environ or not os.path.exists("/proc/self/maps"):
-        return
-    try:
-        import scipy.linalg.cython_lapack  # noqa: F401  (what jaxlib's LAPACK calls; loads OpenBLAS)
+    def step(k, carry):
+        a, ok = carry
+        d = a[k, k]
+        ok = ok & (d > 0)
+        col = jnp.where(idx > k, a[:, k] / jnp.sqrt(jnp.where(d > 0, d, 1.0)), 0.0)
+        return a - col[:, None] * col[None, :], ok
 
-        with open("/proc/self/maps") as maps:
-            libs = {line.split()[-1] for line in maps if "openblas" in line.lower()}
-        for path in sorted(libs):
-            if "scipy" not in path or "numpy" in path:
-                continue
-            lib = ctypes.CDLL(path)
-            for name in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
-                if hasattr(lib, name):
-                    getattr(lib, name)(1)
-                    break
-    except Exception:  # a performance setting: never fail a computation over it
-        pass
+    return lax.fori_loop(0, n, step, (a, jnp.array(True)))[1]
 
 
-def _unbatched(fn):
-    """``fn`` whose vmap runs the batch one element after another (``lax.map``).
+def _well_conditioned(g):
+    """``g`` is finite, not tiny, and ``lambda_min(g) >= 1e-4 trace(g)``."""
+    finite = jnp.all(jnp.isfinite(g))
+    g = jnp.where(finite, g, 0.0)
+    tr = jnp.trace(g)
+    shifted = g - (_F32_MIN_EIGEN_RATIO * tr) * jnp.eye(g.shape[0], dtype=g.dtype)
+    return finite & (tr > 1e-20) & _positive_definite(shifted)
 
-    jaxlib's CPU LAPACK kernels (QR, eigh, SVD) split a batch over XLA's intra-op thread pool and
-    block a pool thread while they wait; two such calls running side by side (two layers' metrics)
-    deadlock a 2-thread pool (seen with jax 0.10.2). One matrix at a time never waits on the pool.
-    Tracing ``fn`` also calls :func:`_single_threaded_lapack`.
-    """
-    def traced(*args):
-        _single_threaded_lapack()
-        return fn(*args)
 
-    wrapped = jax.custom_batching.custom_vmap(traced)
+def _gram64_pair(m):
+    """The Gram matrix of ``m`` with float64 sums, as a float32 pair ``(hi, lo)``."""
+    with jax.enable_x64(True):
+        g = lax.dot_general(m, m, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST,
+                            preferred_element_type=jnp.float64)
+        hi = g.astype(jnp.float32)
+        return hi, (g - hi.astype(jnp.float64)).astype(jnp.float32)
 
-    @wrapped.def_vmap
-    def _rule(axis_size, in_batched, *args):
-        if axis_size == 1:  # no loop (and no copy of its operands) for a single element
-            out = wrapped(*(a[0] if b else a for a, b in zip(args, in_batched)))
-            return jax.tree_util.tree_map(lambda o: o[None], out), \
-                jax.tree_util.tree_map(lambda _: True, out)
-        args = [a if b else jnp.broadcast_to(a, (axis_size,) + a.shape)
-                for a, b in zip(args, in_batched)]
-        out = lax.map(lambda xs: wrapped(*xs), tuple(args))
-        return out, jax.tree_util.tree_map(lambda _: True, out)
 
-    return wrapped
+def _gram_pair(m):
+    g = _gram32(m)
+    if not _has_f64():
+        return g, jnp.zeros_like(g)
+    return lax.cond(_well_conditioned(g), lambda m: (g, jnp.zeros_like(g)), _gram64_pair, m)
+
+
+@jax.custom_batching.custom_vmap
+def _gram_record(m):
+    return _gram_pair(m)
+
+
+@_gram_record.def_vmap
+def _gram_record_vmap(axis_size, in_batched, m):
+    """Batched over seeds: one float32 matmul for the batch, and the float64 recomputation (for
+    the whole batch) only when some matrix needs it (a ``lax.cond`` on an unbatched predicate,
+    so the usual case costs no float64 work)."""
+    (batched,) = in_batched
+    if not batched:
+        out = _gram_record(m)
+        return jax.tree_util.tree_map(lambda o: jnp.broadcast_to(o, (axis_size,) + o.shape),
+                                      out), (True, True)
+    g = jax.vmap(_gram32)(m)
+    if not _has_f64():
+        return (g, jnp.zeros_like(g)), (True, True)
+    ok = jax.vmap(_well_conditioned)(g)
+
+    def exact(m):
+        hi, lo = jax.vmap(_gram64_pair)(m)
+        keep = ok[:, None, None]
+        return jnp.where(keep, g, hi), jnp.where(keep, 0.0, lo)
+
+    out = lax.cond(jnp.all(ok), lambda m: (g, jnp.zeros_like(g)), exact, m)
+    return out, (True, True)
+
+
+def record_gram(x):
+    """``(hi, lo)``: the ``B x B`` Gram matrix ``M M^T`` of the rows of ``x`` scaled by
+    ``max |x|`` (see the module doc), ``G = hi + lo``."""
+    return _gram_record(_rows(x))
+
+
+# ------------------------------------------------------------------------------------------------
+# Spectral step
 
 
 def _syevd_values(g, mode: str):
-    """jaxlib's LAPACK ``?syevd`` FFI target on one symmetric matrix (lower triangle): its
-    eigenvalues (ascending) and LAPACK's ``info``. ``mode='N'`` skips the eigenvectors, which
+    """jaxlib's LAPACK ``?syevd`` FFI target on symmetric matrices ``[..., n, n]`` (lower triangle): its
+    eigenvalues (ascending) and LAPACK's ``info``, over any leading batch axes. ``mode='N'`` skips the eigenvectors, which
     ``jnp.linalg.eigvalsh`` always computes (``mode='V'``)."""
     from jaxlib import lapack
 
     target = lapack.prepare_lapack_call("syevd_ffi", np.dtype(g.dtype))  # also loads LAPACK
-    n = g.shape[-1]
+    n, batch = g.shape[-1], g.shape[:-2]
+    d = g.ndim  # column-major matrices, batch axes outermost (as jax's own lowering does)
+    layout = tuple(range(d - 2)) + (d - 1, d - 2)  # major-to-minor
     _, w, info = jax.ffi.ffi_call(
         target,
-        (jax.ShapeDtypeStruct(g.shape, g.dtype), jax.ShapeDtypeStruct((n,), g.dtype),
-         jax.ShapeDtypeStruct((), jnp.int32)),
+        (jax.ShapeDtypeStruct(g.shape, g.dtype), jax.ShapeDtypeStruct(batch + (n,), g.dtype),
+         jax.ShapeDtypeStruct(batch, jnp.int32)),
         input_output_aliases={0: 0},
-        input_layouts=[(1, 0)],  # column-major, as LAPACK wants (jax's own lowering does this)
-        output_layouts=[(1, 0), None, None],
+        input_layouts=[layout],
+        output_layouts=[layout, None, None],
+        vmap_method="broadcast_all",  # the target loops over leading batch axes itself
     )(g, mode=np.uint8(ord(mode)), uplo=np.uint8(ord("L")))
     return w, info
 
@@ -164,118 +220,19 @@ def _eigenvalues_only_works() -> bool:
     ``jnp.linalg`` instead."""
     try:
         q, _ = np.linalg.qr(np.arange(1.0, 26.0).reshape(5, 5) ** 0.5)
-        want = np.array([0.5, 1.0, 2.0, 3.0, 7.0])
-        a = q @ np.diag(want) @ q.T
+        want = np.array([[0.5, 1.0, 2.0, 3.0, 7.0], [-1.0, 0.25, 4.0, 5.0, 6.0]])
+        a = np.stack([q @ np.diag(w) @ q.T for w in want])  # a batch of two: layouts matter
+        a[:, 0, 4] += 1.0  # ?syevd reads the lower triangle only
         for dtype in (np.float32, np.float64):
             # run now, also when first asked while tracing (ops there are staged, not run)
             with jax.ensure_compile_time_eval(), jax.enable_x64(dtype == np.float64):
                 w, info = jax.jit(_syevd_values, static_argnums=1)(a.astype(dtype), "N")
-                w, info = np.asarray(w), int(info)
-            if info != 0 or w.dtype != dtype or not np.allclose(w, want, rtol=1e-5, atol=1e-5):
+                w, info = np.asarray(w), np.asarray(info)
+            if np.any(info != 0) or w.dtype != dtype or not np.allclose(w, want, rtol=1e-5, atol=1e-5):
                 return False
         return True
     except Exception:  # a fast path only: any failure falls back to jnp.linalg
         return False
-
-
-def _eigvalsh(g):
-    """Eigenvalues (ascending) of one symmetric ``[n, n]`` matrix, NaN if LAPACK fails.
-
-    On CPU, LAPACK's ``?syevd`` without eigenvectors when jaxlib's FFI target allows it
-    (:func:`_eigenvalues_only_works`): about 1.5x faster than the singular values from
-    ``gesdd`` (jnp.linalg.svd without vectors) and 1.9-2.5x faster than ``jnp.linalg.eigvalsh``
-    for n = 32 ... 256; else ``jnp.linalg.eigvalsh``."""
-    if g.ndim == 2 and jax.default_backend() == "cpu" and _eigenvalues_only_works():
-        w, info = _syevd_values(g, "N")
-        return jnp.where(info == 0, w, jnp.nan)
-    return jnp.linalg.eigvalsh(g)
-
-
-@_unbatched
-def _singular_values(m):
-    """Singular values of ``m`` through a QR of ``m^T`` (backward stable: a zero singular value
-    comes out at ~eps * s_max, where ``sqrt(eigvalsh(m m^T))`` would give ~sqrt(eps) * s_max)."""
-    r = jnp.linalg.qr(m.T, mode="r")
-    return jnp.linalg.svd(r, compute_uv=False)
-
-
-@_unbatched
-def _largest_eigenvalue(g):
-    return jnp.linalg.eigvalsh(g)[-1]
-
-
-def _cosine(g):
-    b = g.shape[0]
-    return jnp.mean((jnp.sum(g, axis=1) - jnp.diagonal(g)) / (b - 1))
-
-
-def _stable_rank(g):
-    lam_max = _largest_eigenvalue(g)
-    tr = jnp.trace(g)
-    return jnp.where(lam_max > 0, tr / jnp.where(lam_max > 0, lam_max, 1.0), 0.0)
-
-
-def _effective_rank(m):
-    return _entropy_rank(_singular_values(m))
-
-
-def _entropy_rank(sigma):
-    """``exp(-sum_i p_i log p_i)``, ``p_i = sigma_i / sum_j sigma_j`` (0 for all-zero ``sigma``)."""
-    total = jnp.sum(sigma)
-    p = sigma / jnp.where(total > 0, total, 1.0)
-    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
-    return jnp.where(total > 0, jnp.exp(entropy), 0.0)
-
-
-def _cosine_and_stable(g_hat):
-    """``[cosine, stable rank]`` from the normalized Gram matrix, in ``g_hat``'s dtype; its
-    largest eigenvalue ``||G_hat||_2`` is computed in float32 (accurate to ~1e-7 relative)."""
-    lam_max = _eigvalsh(g_hat.astype(jnp.float32))[-1].astype(g_hat.dtype)
-    stable = jnp.where(lam_max > 0, jnp.trace(g_hat) / jnp.where(lam_max > 0, lam_max, 1.0), 0.0)
-    return jnp.stack([_cosine(g_hat), stable])
-
-
-# Below this lambda_min / trace of the float32 Gram matrix, its float32 eigenvalues no longer give
-# the effective rank to ~2e-6 (measured at lambda_min / lambda_max = 1e-4, for D = 1024 ... 32768;
-# 5e-7 at 1e-3): the singular values near sqrt(eps) s_max need the float64 Gram matrix.
-_F32_MIN_EIGEN_RATIO = 1e-4
-
-
-@_unbatched
-def _gram_metrics_cpu(m):
-    """``[cosine, stable rank, effective rank]`` of the rows ``m [B, D]`` (float32).
-
-    From the float32 Gram matrix ``G`` when it is finite, not tiny and well conditioned:
-    ``G - 1e-4 trace(G) I`` has a Cholesky factor, so ``lambda_min >= 1e-4 trace(G) >=
-    1e-4 lambda_max`` (its singular values are then its eigenvalues). Otherwise the effective
-    rank comes from the float64 Gram matrix (exact products, float64 sums and eigenvalues), and
-    cosine and stable rank from its normalized form. NaN where ``m`` is not finite. The branch
-    is a real ``lax.cond``: this function runs one matrix at a time (``_unbatched``).
-    """
-    g = lax.dot_general(m, m, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST)
-    finite = jnp.all(jnp.isfinite(g))
-    g = jnp.where(finite, g, 0.0)  # LAPACK never sees a NaN
-    tr = jnp.trace(g)
-    shifted = g - (_F32_MIN_EIGEN_RATIO * tr) * jnp.eye(g.shape[0], dtype=g.dtype)
-    fast = finite & (tr > 1e-20) & jnp.all(jnp.isfinite(jnp.linalg.cholesky(shifted)))
-
-    def well_conditioned(m):
-        lam = jnp.clip(_eigvalsh(g), 0.0)  # all >= 1e-4 trace here (up to rounding)
-        return jnp.concatenate([_cosine_and_stable(_normalized(g)),
-                                _entropy_rank(jnp.sqrt(lam))[None]])
-
-    def exact(m):
-        with jax.enable_x64(True):
-            g = lax.dot_general(m, m, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST,
-                                preferred_element_type=jnp.float64)
-            finite = jnp.all(jnp.isfinite(g))
-            g = jnp.where(finite, g, 0.0)
-            lam = _eigvalsh(g)
-            out = jnp.concatenate([_cosine_and_stable(_normalized(g)),
-                                   _entropy_rank(jnp.sqrt(jnp.clip(lam, 0.0)))[None]])
-            return jnp.where(finite, out, jnp.nan).astype(jnp.float32)
-
-    return lax.cond(fast, well_conditioned, exact, m)
 
 
 def _in_float64(fn):
@@ -317,66 +274,276 @@ def _norm_f64_jvp(primals, tangents):  # d||g|| = <g / ||g||, dg> (custom_vmap h
     return norm, jnp.sum(unit * dg)
 
 
-def _use_f64() -> bool:
-    return jax.default_backend() == "cpu"
 
 
-def _gram_metrics(x):
-    """``[cosine, stable rank, effective rank]`` of the batch ``x`` (see the module doc)."""
-    if _use_f64():
-        return _gram_metrics_cpu(x.reshape(x.shape[0], -1).astype(jnp.float32))
-    m = _rows(x)
-    g = _gram(m)
-    return jnp.stack([_cosine(g), _stable_rank(g), _effective_rank(m)])
+
+
+def _eigvalsh(g):
+    """Eigenvalues (ascending) of symmetric matrices ``[..., n, n]``, NaN where LAPACK fails.
+
+    On CPU, LAPACK's ``?syevd`` without eigenvectors when jaxlib's FFI target allows it
+    (:func:`_eigenvalues_only_works`; 1.3-1.6x faster than ``jnp.linalg.eigvalsh``, which
+    always computes eigenvectors, on 3200 matrices of 32 x 32); else ``jnp.linalg.eigvalsh``."""
+    if g.ndim >= 2 and jax.default_backend() == "cpu" and _eigenvalues_only_works():
+        w, info = _syevd_values(g, "N")
+        return jnp.where((info == 0)[..., None], w, jnp.nan)
+    return jnp.linalg.eigvalsh(g)
+
+
+def _normalized(g):
+    """``G_hat = D^-1/2 G D^-1/2``, ``D = diag(G)``: the Gram matrix of the unit rows (a zero row
+    stays zero)."""
+    norms = jnp.sqrt(jnp.clip(jnp.diagonal(g, axis1=-2, axis2=-1), 0.0))
+    inv = jnp.where(norms > 0, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)
+    return g * inv[..., :, None] * inv[..., None, :]
+
+
+def _entropy_rank(sigma):
+    """``exp(-sum_i p_i log p_i)``, ``p_i = sigma_i / sum_j sigma_j`` (0 for all-zero ``sigma``)."""
+    total = jnp.sum(sigma, axis=-1, keepdims=True)
+    p = sigma / jnp.where(total > 0, total, 1.0)
+    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+    return jnp.where(total[..., 0] > 0, jnp.exp(entropy), 0.0)
+
+
+class Stats:
+    """The records of one analysis (``[..., layers, ...]`` arrays, any leading axes) and the
+    quantities derived from them, each computed once when a metric first asks for it. The
+    eigenvalue problems that the requested metrics need (``spectra``) run as one batched call.
+
+    Records: ``moments [..., L, 3]``, ``gram_hi`` / ``gram_lo [..., L, B, B]``, ``grad [..., G,
+    2]``, ``pair [..., L]``, ``pair_grad [..., G, 2]``, ``branch [..., K, 2]``."""
+
+    def __init__(self, records: dict, spectra: tuple[str, ...] = ()):
+        self.records = records
+        self._spectra = spectra  # which of "gram", "gram_hat" need eigenvalues
+        self._cache: dict = {}
+
+    def __getitem__(self, name):
+        return self.records[name]
+
+    def _cached(self, name, fn):
+        if name not in self._cache:
+            self._cache[name] = fn()
+        return self._cache[name]
+
+    def _f64(self):
+        return jax.enable_x64(True) if _has_f64() else _nullcontext()
+
+    @property
+    def gram(self):
+        """``G = hi + lo`` (float64 where available)."""
+        def make():
+            with self._f64():
+                dt = jnp.float64 if _has_f64() else jnp.float32
+                return self["gram_hi"].astype(dt) + self["gram_lo"].astype(dt)
+        return self._cached("gram", make)
+
+    @property
+    def gram_hat(self):
+        def make():
+            with self._f64():
+                return _normalized(self.gram)
+        return self._cached("gram_hat", make)
+
+    def eigenvalues(self, which: str):
+        """Eigenvalues (ascending) of ``gram`` or ``gram_hat``; every requested spectrum comes
+        from one batched call."""
+        def make():
+            names = self._spectra or (which,)
+            with self._f64():
+                mats = jnp.stack([getattr(self, n) for n in names])
+                lam = _eigvalsh(mats)
+            return dict(zip(names, lam))
+        return self._cached("spectra", make)[which]
+
+    def finish(self, value):
+        return value.astype(jnp.float32)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ------------------------------------------------------------------------------------------------
+# The registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One metric: ``compute(stats)`` returns ``[..., layers]`` on the layer axis ``axis``.
+
+    ``needs`` is what the taps must record (:data:`NEEDS`); ``spectra`` the eigenvalue problems
+    it uses (``"gram"``, ``"gram_hat"``), solved once for all metrics of a call."""
+
+    name: str
+    needs: str
+    axis: str
+    compute: Callable
+    doc: str
+    spectra: tuple = ()
+
+
+def _m_variance(s):
+    return s["moments"][..., 0]
+
+
+def _m_squared_mean(s):
+    return s["moments"][..., 1]
+
+
+def _m_cosine(s):
+    with s._f64():
+        g = s.gram_hat
+        b = g.shape[-1]
+        return s.finish(jnp.mean((jnp.sum(g, axis=-1) - jnp.diagonal(g, axis1=-2, axis2=-1))
+                                 / (b - 1), axis=-1))
+
+
+def _m_stable_rank(s):
+    with s._f64():
+        lam_max = s.eigenvalues("gram_hat")[..., -1]
+        tr = jnp.trace(s.gram_hat, axis1=-2, axis2=-1)
+        return s.finish(jnp.where(lam_max > 0, tr / jnp.where(lam_max > 0, lam_max, 1.0), 0.0))
+
+
+def _m_effective_rank(s):
+    with s._f64():
+        lam = s.eigenvalues("gram")
+        return s.finish(_entropy_rank(jnp.sqrt(jnp.clip(lam, 0.0))))
+
+
+def _m_grad_norm(s):
+    return s["grad"][..., 0]
+
+
+def _m_pair(s):
+    return s["pair"]
+
+
+def _m_pair_grad(s):
+    return s["pair_grad"][..., 0]
+
+
+def _m_branch(s):
+    return s["branch"][..., 0]
+
+
+REGISTRY: dict[str, Metric] = {m.name: m for m in [
+    Metric("activation_variance", MOMENTS, LAYER, _m_variance,
+           "mean_c var_{NHW}(x[..., c]) (biased): Brock et al.'s average channel variance"),
+    Metric("channel_squared_mean", MOMENTS, LAYER, _m_squared_mean,
+           "mean_c (mean_{NHW} x[..., c])^2: Brock et al.'s average channel squared mean"),
+    Metric("cosine_similarity", GRAM, LAYER, _m_cosine,
+           "mean_i (sum_j G_ij - G_ii) / (B - 1), G = M_hat M_hat^T: mean off-diagonal cosine"),
+    Metric("stable_rank", GRAM, LAYER, _m_stable_rank,
+           "trace(G) / ||G||_2 of the unit-row Gram matrix, in [1, B]", ("gram_hat",)),
+    Metric("effective_rank", GRAM, LAYER, _m_effective_rank,
+           "exp(-sum_i p_i log p_i), p_i = s_i / sum_j s_j over the singular values s of M "
+           "(Roy & Vetterli 2007)", ("gram",)),
+    Metric("grad_norm", GRAD, GRAD_LAYER, _m_grad_norm,
+           "||d loss / d y||_F over the whole batch, y the conv/dense output"),
+    Metric("similar_batch_correlation", PAIR, LAYER, _m_pair,
+           "Pearson correlation of the activation for batch x and x + s xi ([U] 4.1)"),
+    Metric("gradient_correlation", PAIR_GRAD, GRAD_LAYER, _m_pair_grad,
+           "Pearson correlation of d loss / d y for batch x and x + s xi, same labels ([U] 4.2)"),
+    Metric("residual_variance", BRANCH, BRANCH_LAYER, _m_branch,
+           "mean_c var_{NHW} of a residual block's branch output, before the addition "
+           "(Brock et al. 2021's residual-branch variance)"),
+]}
+DEFAULT_METRICS = ("activation_variance", "channel_squared_mean", "cosine_similarity",
+                   "stable_rank", "effective_rank", "grad_norm", "residual_variance")
+PAIR_METRICS = ("similar_batch_correlation", "gradient_correlation")
+# the finite flags of each layer axis (always reported with any metric on that axis)
+FLAGS = {LAYER: "finite", GRAD_LAYER: "grad_finite", BRANCH_LAYER: "branch_finite"}
+
+
+def names() -> list[str]:
+    """Every registered metric name."""
+    return list(REGISTRY)
+
+
+def check_metrics(metrics) -> tuple[str, ...]:
+    """Validate ``analyze``'s ``metrics=``; return the names, in registry order."""
+    if metrics is None:
+        return DEFAULT_METRICS
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    try:
+        wanted = list(metrics)
+    except TypeError:
+        raise ValueError(f"metrics={metrics!r}: expected a sequence of metric names; known: "
+                         f"{', '.join(names())}") from None
+    bad = [m for m in wanted if m not in REGISTRY]
+    if bad or not wanted:
+        raise ValueError(f"metrics={metrics!r}: unknown {', '.join(map(repr, bad)) or 'none given'}; "
+                         f"known: {', '.join(names())}")
+    return tuple(m for m in REGISTRY if m in wanted)
+
+
+def needs_of(metric_names) -> frozenset:
+    return frozenset(REGISTRY[m].needs for m in metric_names)
+
+
+def compute(records: dict, metric_names) -> dict:
+    """``{metric: array}`` of the requested metrics from the taps' records (the spectral step),
+    plus the finite flags of each layer axis in use."""
+    spectra = tuple(dict.fromkeys(s for m in metric_names for s in REGISTRY[m].spectra))
+    stats = Stats(records, spectra)
+    out = {m: REGISTRY[m].compute(stats) for m in metric_names}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# One array at a time (tests, the torch cross-check): the same two steps
+
+
+def _one(x, name):
+    x = jnp.asarray(x).astype(jnp.float32)
+    hi, lo = record_gram(x)
+    return compute({"gram_hi": hi, "gram_lo": lo}, (name,))[name]
 
 
 def cosine_similarity(x):
     """Mean off-diagonal cosine between samples: ``mean_i (sum_j G_ij - G_ii) / (B - 1)``."""
-    if _use_f64():
-        return _gram_metrics(x)[0]
-    return _cosine(_gram(_rows(x)))
+    return _one(x, "cosine_similarity")
 
 
 def stable_rank(x):
     """Stable rank of the normalized batch: ``trace(G) / ||G||_2``, in ``[1, B]``."""
-    if _use_f64():
-        return _gram_metrics(x)[1]
-    return _stable_rank(_gram(_rows(x)))
+    return _one(x, "stable_rank")
 
 
 def effective_rank(x):
     """Effective rank (Roy & Vetterli 2007): ``exp(-sum_i p_i log p_i)``, ``p_i = s_i / sum_j s_j``
     over the singular values ``s_i`` of ``M`` (unnormalized rows)."""
-    if _use_f64():
-        return _gram_metrics(x)[2]
-    return _effective_rank(_rows(x))
-
-
-def grad_norm(g):
-    """Frobenius norm of a gradient over the whole batch, computed without overflow: in one
-    float64 pass on CPU, else as ``max|g| * ||g / max|g|||`` in float32. It is finite exactly
-    when every entry of ``g`` is finite (and the norm fits in float32)."""
-    if _use_f64():
-        return _norm_f64(g.astype(jnp.float32))
-    s = _safe_scale(g)
-    return s * jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32) / s)))
-
-
-def all_finite(x):
-    """1.0 if every entry of ``x`` is finite, else 0.0."""
-    return jnp.all(jnp.isfinite(x)).astype(jnp.float32)
+    return _one(x, "effective_rank")
 
 
 def activation_metrics(x):
     """All of :data:`ACT_METRICS`, plus a finite flag: a ``[6]`` vector.
 
     The flag is 1.0 when ``x`` and its metrics are all finite, else 0.0."""
-    x = x.astype(jnp.float32)
-    values = jnp.concatenate(
-        [jnp.stack([activation_variance(x), channel_squared_mean(x)]), _gram_metrics(x)])
-    # flagged when any metric is not finite (a variance past 3e38), which covers a non-finite
-    # entry of x: it makes its channel's mean, hence the variance, NaN or Inf
-    return jnp.concatenate([values, all_finite(values)[None]])
+    x = jnp.asarray(x).astype(jnp.float32)
+    hi, lo = record_gram(x)
+    mom = record_moments(x)
+    out = compute({"moments": mom, "gram_hi": hi, "gram_lo": lo}, ACT_METRICS)
+    values = jnp.stack([out[m] for m in ACT_METRICS])
+    return jnp.concatenate([values, (all_finite(values) * mom[2])[None]])
+
+
+def grad_norm(g):
+    """Frobenius norm of a gradient over the whole batch, computed without overflow: in one
+    float64 pass where float64 exists, else as ``max|g| * ||g / max|g|||`` in float32. It is
+    finite exactly when every entry of ``g`` is finite (and the norm fits in float32)."""
+    if _has_f64():
+        return _norm_f64(g.astype(jnp.float32))
+    s = _safe_scale(g)
+    return s * jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32) / s)))
 
 
 # ------------------------------------------------------------------------------------------------

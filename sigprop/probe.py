@@ -1,27 +1,34 @@
-"""Taps: the one place where activations and gradients are observed.
+"""Taps: the one place where activations and gradients are observed (flax linen side).
 
-- An *activation tap* reduces the activation in hand to :data:`sigprop.metrics.ACT_METRICS` (plus
-  a finite flag) on the spot and sows the ``[6]`` vector into the ``'taps'`` collection: no
-  activation is kept for metrics.
-- A *gradient tap* is an identity with a custom VJP and a zero-valued ``[2]`` variable in the
-  ``'probes'`` collection. Its backward rule passes the cotangent through unchanged and returns
-  ``[||g||_F, finite(g)]`` as the cotangent of the probe variable, so ``jax.grad`` of the loss
-  w.r.t. the ``'probes'`` collection yields every layer's gradient norm in one backward pass,
-  without materializing a copy of any gradient. (design.md's zero perturbation would return full
-  activation-sized gradients; this returns two numbers per layer.)
+What taps do is chosen explicitly by the engine's ``apply`` call, never by state read at trace
+time: an activation tap records what the *mutable* collections ask for, a gradient tap reports
+through whichever probe collection the variables hold.
+
+- ``sigprop_moments`` mutable: :func:`sigprop.metrics.record_moments` (``[3]``) under ``"m"``.
+- ``sigprop_gram`` mutable: the ``B x B`` Gram record ``(hi, lo)`` under ``"h"``, ``"l"``.
+- ``sigprop_pair`` mutable: under ``jax.vmap(..., axis_name=PAIR_AXIS)`` over two batches, the
+  activation's Pearson correlation between them, under ``"c"``.
+- ``sigprop_branch`` mutable: a residual branch's ``[variance, finite]`` under ``"r"``.
+- a gradient tap is an identity with a custom VJP and a zero ``[2]`` variable ``"g"``: in the
+  ``probes`` collection its backward rule returns ``[||g||_F, finite(g)]`` as the cotangent of
+  the variable (so ``jax.grad`` w.r.t. the collection gives every layer's gradient norm in one
+  backward pass, two numbers per layer); in ``pair_probes`` (under the pair vmap) it returns
+  ``[correlation of the two batches' gradients, finite]``; with neither it is the identity.
+  ``model.init`` declares the variable in ``probes``.
+
+Nothing mutable and no probes: every tap is the identity (the bare network, for benchmarks).
 
 Names: a tap's layer name is the path of the module holding it, joined by ``/``. A module whose
 name contains a ``str.format`` field, optionally followed by ``+start`` (e.g. ``"block{}+1"``),
 is an ``nn.scan`` stack: its variables have a leading layer axis, and :func:`unstack` expands it
 into ``block1``, ``block2``, ... The same rule turns scanned params into the unrolled layout.
+Layer names are ordered by call order (:func:`collect`'s ``order``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -29,35 +36,20 @@ import jax.numpy as jnp
 
 from sigprop import metrics
 
-TAPS = "taps"  # activation metrics, sown
+MOMENTS = "sigprop_moments"
+GRAM = "sigprop_gram"
+PAIR = "sigprop_pair"
+BRANCH = "sigprop_branch"
 PROBES = "probes"  # gradient probes, differentiated
+PAIR_PROBES = "pair_probes"  # gradient probes of the pair pass
 LOSSES = "losses"  # extra loss terms (RegNorm), sown
-N_ACT = len(metrics.ACT_METRICS) + 1  # metrics + finite flag
-_ACT_KEY, _GRAD_KEY, _PAIR_KEY = "m", "g", "c"
+TAP_COLLECTIONS = (MOMENTS, GRAM, PAIR, BRANCH)
 PAIR_AXIS = "sigprop_pair"  # vmap axis of a pair of batches (similar-batch correlation)
-
-# What taps do while a model is traced: "metrics" (activation taps sow ACT_METRICS + finite
-# flag; gradient taps report [||g||, finite]), "pair" (the model runs under
-# ``jax.vmap(..., axis_name=PAIR_AXIS)`` over two batches: activation taps sow the correlation of
-# the activation between them, gradient taps report [correlation of the gradients, finite]) or
-# "off" (every tap is a plain identity: the bare network, for benchmarks; gradient taps still
-# declare their probe variable, so the variables have the same structure).
-_MODE: contextvars.ContextVar[str] = contextvars.ContextVar("sigprop_tap_mode", default="metrics")
-
-
-@contextlib.contextmanager
-def tap_mode(mode: str):
-    """Set what taps do while models are traced inside the block (see ``_MODE``).
-
-    The mode acts when a model is traced: a function jitted outside one mode and called inside
-    another reuses its first trace, so jit a separate function per mode."""
-    if mode not in ("metrics", "pair", "off"):
-        raise ValueError(f"mode={mode!r}; allowed: metrics, pair, off")
-    token = _MODE.set(mode)
-    try:
-        yield
-    finally:
-        _MODE.reset(token)
+# leaf keys of the records
+_MOMENTS_KEY, _HI_KEY, _LO_KEY, _PAIR_KEY, _BRANCH_KEY, _GRAD_KEY = "m", "h", "l", "c", "r", "g"
+# which collections record each metric need (sigprop.metrics.NEEDS)
+NEED_COLLECTIONS = {metrics.MOMENTS: MOMENTS, metrics.GRAM: GRAM, metrics.PAIR: PAIR,
+                    metrics.BRANCH: BRANCH}
 
 
 @jax.custom_vjp
@@ -95,39 +87,113 @@ def _pair_grad_probe_bwd(_, g):
 _pair_grad_probe.defvjp(_grad_probe_fwd, _pair_grad_probe_bwd)
 
 
+def grad_probe(x, probe, pair: bool = False):
+    """The gradient tap as a function: identity on ``x``; the cotangent of ``probe [2]`` is
+    ``[||d loss / d x||, finite]`` (or, ``pair``, the two batches' gradient correlation)."""
+    return _pair_grad_probe(x, probe) if pair else _grad_probe(x, probe)
+
+
+def record_activation(x, needs, pair_axis: str | None = PAIR_AXIS) -> dict:
+    """``{leaf key: record}`` of one activation for the metric ``needs``."""
+    x = jax.lax.stop_gradient(x)
+    out = {}
+    if metrics.MOMENTS in needs:
+        out[_MOMENTS_KEY] = metrics.record_moments(x)
+    if metrics.GRAM in needs:
+        out[_HI_KEY], out[_LO_KEY] = metrics.record_gram(x)
+    if metrics.PAIR in needs:
+        both = jax.lax.all_gather(x, pair_axis)
+        out[_PAIR_KEY] = metrics.correlation(both[0], both[1])
+    return out
+
+
+def record_branch(x):
+    x = jax.lax.stop_gradient(x).astype(jnp.float32)
+    return jnp.stack([metrics.activation_variance(x), metrics.all_finite(x)])
+
+
+def _recording(module: nn.Module, collection: str) -> bool:
+    """The apply call names ``collection`` as mutable (``mutable=True``, a user's own
+    ``apply(..., mutable=True)``, asks sigprop's taps for nothing)."""
+    return module.scope.mutable is not True and module.is_mutable_collection(collection)
+
+
+def _sow(module: nn.Module, collection: str, key: str, value) -> None:
+    module.sow(collection, key, value, init_fn=lambda: None, reduce_fn=lambda _, v: v)
+
+
 def observe_act(module: nn.Module, x):
-    """Sow the activation metrics of ``x`` under ``module``'s path; return ``x``."""
+    """Record the activation ``x`` under ``module``'s path (what the mutable tap collections ask
+    for); return ``x``."""
     if module.is_initializing():
         return x
-    mode = _MODE.get()
-    if mode == "metrics":
-        vec = metrics.activation_metrics(jax.lax.stop_gradient(x))
-        module.sow(TAPS, _ACT_KEY, vec, init_fn=lambda: None, reduce_fn=lambda _, v: v)
-    elif mode == "pair":
-        both = jax.lax.all_gather(jax.lax.stop_gradient(x), PAIR_AXIS)
-        module.sow(TAPS, _PAIR_KEY, metrics.correlation(both[0], both[1]), init_fn=lambda: None,
-                   reduce_fn=lambda _, v: v)
+    needs = {need for need, col in NEED_COLLECTIONS.items()
+             if need != metrics.BRANCH and _recording(module, col)}
+    if needs:
+        for key, value in record_activation(x, needs).items():
+            col = {_MOMENTS_KEY: MOMENTS, _HI_KEY: GRAM, _LO_KEY: GRAM, _PAIR_KEY: PAIR}[key]
+            _sow(module, col, key, value)
+    return x
+
+
+def observe_branch(module: nn.Module, x):
+    """Record a residual branch's ``[variance, finite]`` under ``module``'s path; return ``x``."""
+    if not module.is_initializing() and _recording(module, BRANCH):
+        _sow(module, BRANCH, _BRANCH_KEY, record_branch(x))
     return x
 
 
 def observe_grad(module: nn.Module, x):
-    """Identity on ``x`` whose backward pass reports ``||d loss / d x||`` under ``module``'s path."""
-    probe = module.variable(PROBES, _GRAD_KEY, jnp.zeros, (2,), jnp.float32)
-    if _MODE.get() == "off":
-        return x
-    if _MODE.get() == "pair":
-        return _pair_grad_probe(x, probe.value)
-    return _grad_probe(x, probe.value)
+    """Identity on ``x`` whose backward pass reports ``||d loss / d x||`` under ``module``'s path
+    (through the probe collection the variables hold; see the module doc)."""
+    if module.is_initializing() or _recording(module, PROBES):
+        probe = module.variable(PROBES, _GRAD_KEY, jnp.zeros, (2,), jnp.float32)
+        return _grad_probe(x, probe.value)
+    if module.has_variable(PAIR_PROBES, _GRAD_KEY):
+        return _pair_grad_probe(x, module.get_variable(PAIR_PROBES, _GRAD_KEY))
+    if module.has_variable(PROBES, _GRAD_KEY):
+        return _grad_probe(x, module.get_variable(PROBES, _GRAD_KEY))
+    return x
+
+
+_KINDS = {"activation": observe_act, "act": observe_act, "gradient": observe_grad,
+          "grad": observe_grad, "branch": observe_branch}
 
 
 class Tap(nn.Module):
-    """A standalone tap: ``Tap('act', name=...)(x)`` or ``Tap('grad', name=...)(x)``."""
+    """A standalone tap: ``Tap('activation', name=...)(x)``, ``Tap('gradient', ...)`` or
+    ``Tap('branch', ...)`` (a residual branch's output, for ``residual_variance``)."""
 
-    kind: str = "act"
+    kind: str = "activation"
 
     @nn.compact
     def __call__(self, x):
-        return observe_act(self, x) if self.kind == "act" else observe_grad(self, x)
+        return _KINDS[self.kind](self, x)
+
+
+def tap(module, x, name: str, kind: str = "activation"):
+    """Observe ``x`` inside your own module; returns ``x`` unchanged.
+
+    Its layer name is ``<module path>/<name>``. ``kind``: ``"activation"`` (the activation
+    metrics), ``"gradient"`` (``grad_norm`` of ``d loss / d x``) or ``"branch"`` (a residual
+    branch's output: ``residual_variance``). Outside ``sigprop.analyze`` it is the identity.
+
+    - flax linen: call it in a ``@nn.compact`` method, ``module = self``: it adds a
+      :class:`Tap` submodule called ``name``.
+    - flax nnx: ``module = self``; the engine observes the value while it runs the model.
+
+    Example: ``y = sigprop.tap(self, nn.relu(y), "relu")`` records after the activation, where
+    [BB] measures.
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"kind={kind!r}; allowed: activation, gradient, branch")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(f"name={name!r} must be a non-empty string without '/'")
+    if isinstance(module, nn.Module):
+        return Tap(kind, name=name, parent=module)(x)
+    from sigprop import nnx_taps  # nnx modules: the engine's context on the module, if any
+
+    return nnx_taps.tap(module, x, name, kind)
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,18 +281,20 @@ def _join(a: str, b: str) -> str:
     return f"{a}/{b}" if b else a
 
 
-def _runs(node, leaf_key: str, outer: int) -> list:
-    """``[(relative names, array)]`` of the ``leaf_key`` leaves under ``node``; each array has
-    the ``outer`` leading axes of the enclosing stacks, then one axis over its names."""
+def _runs(node, leaf_key: str, outer: int, template: tuple, order: Callable) -> list:
+    """``[(relative names, array, call index)]`` of the ``leaf_key`` leaves under ``node``;
+    each array has the ``outer`` leading axes of the enclosing stacks, then one axis over its
+    names. ``order(template path)`` is a tap's call index (stack names unexpanded)."""
     out = []
     for key, sub in node.items():
+        path = template + (key,)
         if key == leaf_key and not hasattr(sub, "items"):
-            out.append(([""], jnp.expand_dims(sub, outer)))
+            out.append(([""], jnp.expand_dims(sub, outer), order(template)))
         elif hasattr(sub, "items"):
             stack = _is_stack(key)
-            inner = _runs(sub, leaf_key, outer + stack)
+            inner = sorted(_runs(sub, leaf_key, outer + stack, path, order), key=lambda r: r[2])
             if not stack:
-                out += [([_join(key, r) for r in names], v) for names, v in inner]
+                out += [([_join(key, r) for r in names], v, i) for names, v, i in inner]
                 continue
             if not inner:
                 continue
@@ -234,56 +302,35 @@ def _runs(node, leaf_key: str, outer: int) -> list:
             first = inner[0][1]
             groups = [inner]
             if any(v.shape[outer + 2:] != first.shape[outer + 2:] or v.dtype != first.dtype
-                   for _, v in inner):
+                   for _, v, _ in inner):
                 groups = [[run] for run in inner]
             n = first.shape[outer]
             for group in groups:
                 v = group[0][1] if len(group) == 1 else jnp.concatenate(
-                    [v for _, v in group], axis=outer + 1)
-                rel = [r for names, _ in group for r in names]
+                    [v for _, v, _ in group], axis=outer + 1)
+                rel = [r for names, _, _ in group for r in names]
                 out.append(([_join(_expand(key, j), r) for j in range(n) for r in rel],
-                            v.reshape(v.shape[:outer] + (-1,) + v.shape[outer + 2:])))
+                            v.reshape(v.shape[:outer] + (-1,) + v.shape[outer + 2:]),
+                            group[0][2]))
     return out
 
 
-def collect(tree: Any, leaf_key: str) -> LayerValues:
+def collect(tree: Any, leaf_key: str, order: Callable | None = None) -> LayerValues:
     """``{layer name: value}`` of every ``leaf_key`` variable in a collection (scanned stacks are
-    expanded into their layers' names, see the module doc)."""
-    return LayerValues(_runs(tree, leaf_key, 0) if hasattr(tree, "items") else [])
+    expanded into their layers' names, see the module doc), in call order when ``order`` maps
+    a tap's module path (a tuple, stacks unexpanded) to its call index, else in the
+    collection's order."""
+    if not hasattr(tree, "items"):
+        return LayerValues([])
+    order = order or (lambda path: 0)
+    runs = sorted(_runs(tree, leaf_key, 0, (), order), key=lambda r: r[2])
+    return LayerValues([(names, v) for names, v, _ in runs])
 
 
-def act_values(taps) -> LayerValues:
-    return collect(taps, _ACT_KEY)
-
-
-def pair_values(taps) -> LayerValues:
-    return collect(taps, _PAIR_KEY)
-
-
-def grad_values(probe_grads) -> LayerValues:
-    return collect(probe_grads, _GRAD_KEY)
-
-
-def ordered(values, names: tuple[str, ...] | None, what: str):
-    """Stack ``values`` (a ``{name: value}`` mapping) in the order of ``names``
-    (``[layers, ...]``), checking they match. From :class:`LayerValues`, consecutive names of
-    one run are one slice of it."""
-    if names is None:
-        names = tuple(values)
-    missing, extra = set(names) - set(values), set(values) - set(names)
-    if missing or extra:
-        raise RuntimeError(
-            f"{what}: declared layer names and observed taps differ "
-            f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(extra)[:5]})"
-        )
-    if not isinstance(values, LayerValues):
-        return tuple(names), jnp.stack([values[n] for n in names])
-    pieces, start = [], 0
-    for k in range(1, len(names) + 1):  # runs of names that are consecutive rows of one array
-        r, i = values._where[names[start]]
-        if k < len(names) and values._where[names[k]] == (r, i + k - start):
-            continue
-        run = values.runs[r][1]
-        pieces.append(run if (i, k - start) == (0, run.shape[0]) else run[i:i + k - start])
-        start = k
-    return tuple(names), pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)
+def stacked(values: LayerValues):
+    """The values of every layer as one array ``[layers, ...]`` (runs concatenated), in the
+    order of ``values``, or None when there is none."""
+    if not values.runs:
+        return None
+    arrays = [v for _, v in values.runs]
+    return arrays[0] if len(arrays) == 1 else jnp.concatenate(arrays)

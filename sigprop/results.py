@@ -1,58 +1,106 @@
-"""``LayerMetrics``: the result of an analysis, a frozen pytree of ``[..., seed, layer]`` arrays."""
+"""``LayerMetrics``: the result of an analysis, a mapping of named arrays with named axes."""
 
 from __future__ import annotations
 
 import json
 import os
+import zipfile
+from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
-from flax import struct
 
-from sigprop.metrics import ACT_METRICS
+from sigprop import metrics as _metrics
 
-GRAD_METRICS = ("grad_norm",)
-OPTIONAL_METRICS = ("similar_batch_correlation", "gradient_correlation")
-_FORMAT = "sigprop.LayerMetrics/1"
+_FORMAT = "sigprop.LayerMetrics/2"
+_OLD_FORMAT = "sigprop.LayerMetrics/1"
+_FLAG_AXES = {flag: axis for axis, flag in _metrics.FLAGS.items()}
+# sigprop 0.1's files: every array is [..., seed, layer | grad_layer]
+_V1_GRAD = ("grad_norm", "grad_finite", "gradient_correlation")
 
 
-@struct.dataclass
-class LayerMetrics:
-    """Layerwise metrics of one analysis.
+def axis_of(name: str) -> str:
+    """The layer axis of a metric or flag name."""
+    if name in _metrics.REGISTRY:
+        return _metrics.REGISTRY[name].axis
+    if name in _FLAG_AXES:
+        return _FLAG_AXES[name]
+    raise KeyError(name)
 
-    Activation metrics (after normalizer + activation) are ``[..., seeds, layers]`` over
-    ``layer_names``; ``grad_norm`` is ``[..., seeds, grad layers]`` over ``grad_layer_names`` (the
-    output of each hidden conv/dense layer, before its normalizer; shortcut convs included, the
-    classifier excluded). ``finite`` / ``grad_finite`` flag, per seed and layer, whether every
-    value of the activation / gradient was finite. ``config`` records how it was made.
 
-    Optional ([U] section 4, present when ``analyze`` was asked for them, else None):
-    ``similar_batch_correlation`` ``[..., seeds, layers]`` over ``layer_names`` and
-    ``gradient_correlation`` ``[..., seeds, grad layers]`` over ``grad_layer_names``: the Pearson
-    correlation between a batch ``x`` and a similar batch ``x + s xi`` of each activation, and of
-    each layer's loss gradient.
+@jax.tree_util.register_pytree_node_class
+class LayerMetrics(Mapping):
+    """Layerwise metrics of one analysis: ``{name: array}`` with named axes.
+
+    Every array is ``[..., seed, <layer axis>]``: ``layer`` (activation taps, names in
+    ``layer_names``), ``grad_layer`` (gradient taps, ``grad_layer_names``) or ``branch_layer``
+    (residual branches, ``branch_layer_names``); leading axes (a sweep's grid) come first.
+    ``finite`` / ``grad_finite`` / ``branch_finite`` flag, per seed and layer, whether the
+    observed values and their metrics were finite. Metrics are read as items
+    (``res["cosine_similarity"]``) or attributes (``res.cosine_similarity``); a registered
+    metric that was not measured reads as None. ``config`` records how it was made.
     """
 
-    activation_variance: Any
-    channel_squared_mean: Any
-    cosine_similarity: Any
-    stable_rank: Any
-    effective_rank: Any
-    finite: Any
-    grad_norm: Any
-    grad_finite: Any
-    similar_batch_correlation: Any = None
-    gradient_correlation: Any = None
-    layer_names: tuple = struct.field(pytree_node=False, default=())
-    grad_layer_names: tuple = struct.field(pytree_node=False, default=())
-    config: tuple = struct.field(pytree_node=False, default=())
+    def __init__(self, arrays: dict, coords: dict, config: tuple = ()):
+        self._arrays = dict(arrays)
+        self.coords = {k: tuple(v) for k, v in coords.items()}
+        self.config = config
 
-    # ---------------------------------------------------------------------------- access
+    # ------------------------------------------------------------------------------ pytree
+    def tree_flatten(self):
+        keys = tuple(self._arrays)
+        return [self._arrays[k] for k in keys], (keys, tuple(self.coords.items()), self.config)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        keys, coords, config = aux
+        return cls(dict(zip(keys, children)), dict(coords), config)
+
+    # ------------------------------------------------------------------------------ mapping
+    def __getitem__(self, name: str):
+        if name not in self._arrays:
+            raise KeyError(f"no metric {name!r} in this result; it has: {', '.join(self)}")
+        return self._arrays[name]
+
+    def __iter__(self):
+        return iter(self._arrays)
+
+    def __len__(self):
+        return len(self._arrays)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name in ("coords", "config"):
+            raise AttributeError(name)
+        arrays = self.__dict__.get("_arrays", {})
+        if name in arrays:
+            return arrays[name]
+        if name in _metrics.REGISTRY or name in _FLAG_AXES:
+            return None  # registered, not measured
+        raise AttributeError(f"LayerMetrics has no {name!r}; it has: {', '.join(arrays)}")
+
+    # ------------------------------------------------------------------------------ access
+    def axes(self, name: str) -> tuple[str, ...]:
+        """The axis names of ``name``'s array: ``(grid0, ..., "seed", <layer axis>)``."""
+        nd = np.ndim(self[name])
+        return tuple(f"grid{i}" for i in range(nd - 2)) + ("seed", axis_of(name))
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return self.coords.get(_metrics.LAYER, ())
+
+    @property
+    def grad_layer_names(self) -> tuple[str, ...]:
+        return self.coords.get(_metrics.GRAD_LAYER, ())
+
+    @property
+    def branch_layer_names(self) -> tuple[str, ...]:
+        return self.coords.get(_metrics.BRANCH_LAYER, ())
+
     @property
     def metric_names(self) -> tuple[str, ...]:
-        """The metrics this result holds (the optional ones only when measured)."""
-        return ACT_METRICS + GRAD_METRICS + tuple(
-            f for f in OPTIONAL_METRICS if getattr(self, f) is not None)
+        """The metrics this result holds (in registry order; the flags excluded)."""
+        return tuple(m for m in _metrics.REGISTRY if m in self._arrays)
 
     @property
     def meta(self) -> dict:
@@ -61,17 +109,11 @@ class LayerMetrics:
 
     @property
     def seeds(self) -> int:
-        return int(np.shape(self.cosine_similarity)[-2])
-
-    def __getitem__(self, name: str):
-        if name not in self.metric_names:
-            raise KeyError(f"unknown metric {name!r}; known: {', '.join(self.metric_names)}")
-        return getattr(self, name)
+        return int(np.shape(next(iter(self._arrays.values())))[-2])
 
     def names_of(self, metric: str) -> tuple[str, ...]:
         """The layer names of ``metric``'s last axis."""
-        grad = metric in GRAD_METRICS or metric == "gradient_correlation"
-        return self.grad_layer_names if grad else self.layer_names
+        return self.coords.get(axis_of(metric), ())
 
     def layer(self, metric: str, name: str):
         """``metric`` at the layer called ``name``: ``[..., seeds]``."""
@@ -80,23 +122,44 @@ class LayerMetrics:
             raise KeyError(f"no layer {name!r} for {metric}; layers: {', '.join(names[:8])}, ...")
         return np.asarray(self[metric])[..., names.index(name)]
 
+    def replace(self, **arrays) -> "LayerMetrics":
+        """A copy with some arrays replaced or added (None removes one)."""
+        new = dict(self._arrays)
+        for k, v in arrays.items():
+            if k == "config":
+                return LayerMetrics(new, self.coords, v)
+            if v is None:
+                new.pop(k, None)
+            else:
+                new[k] = v
+        return LayerMetrics(new, self.coords, self.config)
+
     def first_nonfinite(self) -> tuple[str, int, str] | None:
         """``(kind, index, name)`` of the first layer with a non-finite value, or None.
 
-        ``kind`` is ``'activation'`` (index into ``layer_names``) or ``'gradient'``."""
-        for kind, flags, names in (("activation", self.finite, self.layer_names),
-                                   ("gradient", self.grad_finite, self.grad_layer_names)):
-            bad = ~np.asarray(flags, dtype=bool)
+        ``kind`` is ``'activation'`` (index into ``layer_names``), ``'gradient'`` or
+        ``'branch'``."""
+        for kind, flag in (("activation", "finite"), ("gradient", "grad_finite"),
+                           ("branch", "branch_finite")):
+            if flag not in self._arrays:
+                continue
+            bad = ~np.asarray(self._arrays[flag], dtype=bool)
             if bad.any():
                 idx = int(np.argmax(bad.reshape(-1, bad.shape[-1]).any(axis=0)))
-                return kind, idx, names[idx]
+                return kind, idx, self.names_of(flag)[idx]
         return None
 
-    # ---------------------------------------------------------------------------- io
-    def _arrays(self) -> dict[str, np.ndarray]:
-        fields = ACT_METRICS + ("finite",) + GRAD_METRICS + ("grad_finite",) + OPTIONAL_METRICS
-        return {f: np.asarray(getattr(self, f)) for f in fields if getattr(self, f) is not None}
+    # ------------------------------------------------------------------------------ making
+    @classmethod
+    def from_engine(cls, out: dict, config: dict) -> "LayerMetrics":
+        """From :func:`sigprop.engine.execute`'s ``{name: Named}``."""
+        arrays, coords = {}, {}
+        for name, named in out.items():
+            arrays[name] = np.asarray(named.value)
+            coords[axis_of(name)] = named.names
+        return cls(arrays, coords, _freeze(config))
 
+    # ------------------------------------------------------------------------------ io
     def save(self, path: str | os.PathLike) -> str:
         """Write one ``.npz`` (arrays, plus the names and config as a JSON string; no pickle).
 
@@ -104,26 +167,43 @@ class LayerMetrics:
         path = os.fspath(path)
         if not path.endswith(".npz"):
             path += ".npz"
-        meta = dict(format=_FORMAT, layer_names=list(self.layer_names),
-                    grad_layer_names=list(self.grad_layer_names), config=dict(self.config))
+        meta = dict(format=_FORMAT, coords={k: list(v) for k, v in self.coords.items()},
+                    config=dict(self.config))
         with open(path, "wb") as f:
-            np.savez(f, __meta__=np.array(json.dumps(meta)), **self._arrays())
+            np.savez(f, __meta__=np.array(json.dumps(meta)),
+                     **{k: np.asarray(v) for k, v in self._arrays.items()})
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LayerMetrics":
-        """Read a file written by :meth:`save`."""
+        """Read a file written by :meth:`save` (also sigprop 0.1's files)."""
         path = os.fspath(path)
         if not path.endswith(".npz") and not os.path.exists(path):
             path += ".npz"
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["__meta__"]))
-            if meta.get("format") != _FORMAT:
-                raise ValueError(f"{path} is not a sigprop LayerMetrics file")
-            arrays = {k: data[k] for k in data.files if k != "__meta__"}
-        return cls(**arrays, layer_names=tuple(meta["layer_names"]),
-                   grad_layer_names=tuple(meta["grad_layer_names"]),
-                   config=_freeze(meta["config"]))
+        if not os.path.exists(path):
+            raise ValueError(f"{path}: no such file")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if "__meta__" not in data.files:
+                    raise ValueError("no sigprop metadata")
+                meta = json.loads(str(data["__meta__"]))
+                arrays = {k: data[k] for k in data.files if k != "__meta__"}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path} is not a sigprop LayerMetrics file ({e})") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{path} is not a sigprop LayerMetrics file")
+        fmt = meta.get("format")
+        if fmt == _FORMAT:
+            coords = meta["coords"]
+        elif fmt == _OLD_FORMAT:
+            coords = {_metrics.LAYER: meta["layer_names"],
+                      _metrics.GRAD_LAYER: meta["grad_layer_names"]}
+        else:
+            raise ValueError(f"{path} is not a sigprop LayerMetrics file (format {fmt!r})")
+        unknown = [k for k in arrays if k not in _metrics.REGISTRY and k not in _FLAG_AXES]
+        if unknown:
+            raise ValueError(f"{path}: unknown arrays {unknown} (written by a newer sigprop?)")
+        return cls(arrays, coords, _freeze(meta.get("config", {})))
 
     def to_pandas(self):
         """A long DataFrame: one row per (grid index..., seed, layer, metric) with its value."""
@@ -143,10 +223,21 @@ class LayerMetrics:
             frames.append(pd.DataFrame(cols))
         return pd.concat(frames, ignore_index=True)
 
+    def to_xarray(self):
+        """An ``xarray.Dataset``: one variable per metric and flag, dims ``(grid..., seed,
+        layer | grad_layer | branch_layer)``, the layer names as coordinates."""
+        try:
+            import xarray as xr
+        except ImportError as e:
+            raise ImportError("to_xarray() needs xarray: pip install 'sigprop[xarray]'") from e
+        data = {k: (self.axes(k), np.asarray(v)) for k, v in self._arrays.items()}
+        coords = {axis: list(names) for axis, names in self.coords.items()}
+        return xr.Dataset(data, coords=coords, attrs={"config": json.dumps(self.meta)})
+
     def __repr__(self) -> str:
-        shape = np.shape(self.cosine_similarity)
-        return (f"LayerMetrics(seeds={shape[-2]}, layers={len(self.layer_names)}, "
-                f"grad_layers={len(self.grad_layer_names)}, config={self.meta})")
+        return (f"LayerMetrics(seeds={self.seeds}, layers={len(self.layer_names)}, "
+                f"grad_layers={len(self.grad_layer_names)}, metrics={list(self.metric_names)}, "
+                f"config={self.meta})")
 
 
 def _freeze(d: dict) -> tuple:
@@ -160,27 +251,11 @@ def _freeze(d: dict) -> tuple:
     return tuple(sorted((k, hashable(v)) for k, v in d.items()))
 
 
-def from_arrays(acts, grads, layer_names, grad_layer_names, config: dict) -> LayerMetrics:
-    """Assemble from the engine's ``acts [..., L, 6]`` and ``grads [..., G, 2]``."""
-    fields = {name: acts[..., i] for i, name in enumerate(ACT_METRICS)}
-    return LayerMetrics(
-        **fields,
-        finite=acts[..., len(ACT_METRICS)] > 0.5,
-        grad_norm=grads[..., 0],
-        grad_finite=grads[..., 1] > 0.5,
-        layer_names=tuple(layer_names),
-        grad_layer_names=tuple(grad_layer_names),
-        config=_freeze(config),
-    )
-
-
 def equal(a, b) -> bool:
     """True if two results have equal arrays (NaN == NaN) and names."""
-    if (a.layer_names, a.grad_layer_names) != (b.layer_names, b.grad_layer_names):
+    if a.coords != b.coords or set(a) != set(b):
         return False
-    xa, xb = a._arrays(), b._arrays()
-    return xa.keys() == xb.keys() and all(
-        np.array_equal(xa[k], xb[k], equal_nan=True) for k in xa)
+    return all(np.array_equal(np.asarray(a[k]), np.asarray(b[k]), equal_nan=True) for k in a)
 
 
-__all__ = ["LayerMetrics", "from_arrays", "equal"]
+__all__ = ["LayerMetrics", "equal", "axis_of"]

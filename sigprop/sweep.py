@@ -39,25 +39,23 @@ from typing import Any, Callable, NamedTuple
 import jax
 import numpy as np
 
-from sigprop import devices, xla_cpu
+from sigprop import devices, engine
 from sigprop.analyze import (
-    DEFAULT_NOISE,
     NonFiniteWarning,
-    Options,
-    _assemble,
-    _config,
-    _one_seed,
-    _seed_keys,
     check_inputs,
-    check_options,
-    run_sharded,
+    check_key,
+    check_precision,
+    check_seeds,
+    make_plan,
+    network,
+    run_config,
 )
+from sigprop.engine import Plan, seed_keys
 from sigprop.progress import Progress
 from sigprop.results import LayerMetrics
 
 log = logging.getLogger(__name__)
 
-_PRECISIONS = ("default", "high", "highest", "float32", "bfloat16", "tensorfloat32")
 _RESULT = re.compile(r"[0-9a-f]{16}\.npz")  # a finished point; temporaries never match
 _TMP = re.compile(r"\.([0-9a-f]{16})\.(\d+)\.tmp\.npz")
 _UNTRACEABLE: set = set()  # value groups whose builder could not be traced (not retried)
@@ -185,44 +183,6 @@ def _hashable(v):
     return v
 
 
-@xla_cpu.fast_rng
-@functools.partial(jax.jit, static_argnames=("make", "shape", "impl", "precision", "opts"))
-def _run_values(make, shape, keys, values, x, impl, precision, opts=Options()):
-    """Items of a (points x seeds) axis in one vmapped call: item ``j`` builds
-    ``make(values[j])`` with the float config values traced and runs one seed with key
-    ``keys[j]`` (raw key data, ``impl``). The axis may be sharded over devices."""
-    keys = jax.random.wrap_key_data(keys, impl=impl)
-
-    def one(key, v):
-        return _one_seed(make(v), shape, key, x, opts=opts)
-
-    with jax.default_matmul_precision(precision):
-        return jax.vmap(one)(keys, values)
-
-
-def run_values(make, shape, keys, values, x, precision="highest", opts=Options(),
-               mesh=None, host=True):
-    """:func:`_run_values` on ``keys [n]`` (typed) and ``values [n, F]``, the ``n`` axis padded
-    to a multiple of the device count and sharded. Returns numpy ``[n, ...]`` arrays (or, with
-    ``host=False``, the sharded device arrays, padding included)."""
-    m = devices.mesh() if mesh is None else mesh
-    n = keys.shape[0]
-    impl = str(jax.random.key_impl(keys))
-    data = np.asarray(jax.random.key_data(keys))
-    values = np.asarray(values, np.float32)
-    pad = devices.padded_size(n, m) - n
-    if pad:  # repeat the first item: computed, then dropped
-        data = np.concatenate([data, np.repeat(data[:1], pad, axis=0)])
-        values = np.concatenate([values, np.repeat(values[:1], pad, axis=0)])
-    if x is not None:
-        x = jax.device_put(x, devices.replicated(m))
-    out = _run_values(make, shape, devices.shard_leading(data, m),
-                      devices.shard_leading(values, m), x, impl, precision, opts)
-    if not host:
-        return out
-    return {k: v[:n] for k, v in devices.to_host(out).items()}
-
-
 # --------------------------------------------------------------------------------- points
 @dataclasses.dataclass
 class _Point:
@@ -230,13 +190,14 @@ class _Point:
     config: dict
     model: Any
     shape: tuple
+    dtype: Any
     x: Any  # the inputs array, or None (each seed draws N(0, 1) inputs)
     xdigest: str | None
     id: str
     config_json: str
 
 
-def _resolve(builder, configs, inputs, seeds, key, precision, opts, strict) -> list[_Point]:
+def _resolve(builder, configs, inputs, seeds, key, precision, plan, strict) -> list[_Point]:
     """Build and validate every point; compute its id."""
     params, var_kw = _builder_params(builder)
     bname = _builder_name(builder)
@@ -257,7 +218,7 @@ def _resolve(builder, configs, inputs, seeds, key, precision, opts, strict) -> l
             raise ValueError(f"{where}: {e}") from e
         point_inputs = inputs(config) if callable(inputs) else inputs
         try:
-            shape, x = check_inputs(model, point_inputs)
+            shape, dtype, x = check_inputs(model, point_inputs)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from e
         xdigest = None if x is None else (fixed_digest if point_inputs is fixed_x else _digest(x))
@@ -271,15 +232,17 @@ def _resolve(builder, configs, inputs, seeds, key, precision, opts, strict) -> l
         ident = dict(builder=bname, model=type(model).__name__, config=json.loads(config_json),
                      inputs=list(shape) if x is None else dict(shape=list(shape), sha256=xdigest),
                      seeds=seeds, key=_key_json(key), precision=precision)
-        if opts != Options():
-            ident["options"] = {k: v for k, v in opts._asdict().items()
-                                if v != Options()._asdict()[k]}
+        if plan.pair:  # as 0.1 named them (the ids of its sweeps stay valid)
+            ident["options"] = {k: v for k, v in dict(
+                similar_batch_noise=plan.noise if "similar_batch_correlation" in plan.metrics
+                else None, similar_batch="similar_batch_correlation" in plan.metrics,
+                gradient_correlation="gradient_correlation" in plan.metrics).items() if v}
         pid = hashlib.sha256(_canonical(ident).encode()).hexdigest()[:16]
         if strict and pid in seen and seen[pid] != config:
             raise ValueError(f"{where} and {seen[pid]} are different configs with the same saved "
                              "form; give their values distinct names")
         seen.setdefault(pid, config)
-        points.append(_Point(i, config, model, shape, x, xdigest, pid, config_json))
+        points.append(_Point(i, config, model, shape, dtype, x, xdigest, pid, config_json))
     return points
 
 
@@ -322,8 +285,7 @@ def _value_group(p: _Point):
         return None
     static = {k: v for k, v in p.config.items() if k not in floats}
     try:
-        gkey = (_hashable(static), floats, p.shape, p.xdigest, type(p.model),
-                p.model.layer_names, p.model.grad_layer_names)
+        gkey = (_hashable(static), floats, p.shape, p.xdigest, type(p.model))
         hash(gkey)
     except (TypeError, AttributeError):
         return None
@@ -334,8 +296,12 @@ def _is_runtime_error(e: Exception) -> bool:
     return isinstance(e, (jax.errors.JaxRuntimeError, MemoryError))
 
 
-def _run_unit(kind, group, builder, keys, precision, opts, mesh) -> list[dict]:
-    """Numpy outputs ``{name: [seeds, ...]}`` of each job of the unit."""
+def _network(p: _Point):
+    return network(p.model, jax.ShapeDtypeStruct(p.shape, p.dtype), None)[0]
+
+
+def _run_unit(kind, group, builder, keys, precision, plan, mesh) -> list[dict]:
+    """The engine's outputs ``{name: Named [seeds, ...]}`` of each job of the unit."""
     first = group[0][0]
     if kind == "values":
         names = _float_names(first.config)
@@ -350,8 +316,9 @@ def _run_unit(kind, group, builder, keys, precision, opts, mesh) -> list[dict]:
             data = np.tile(np.asarray(jax.random.key_data(keys)), (n, 1))  # point-major
             flat_keys = jax.random.wrap_key_data(data, impl=jax.random.key_impl(keys))
             try:
-                out = run_values(make, first.shape, flat_keys, np.repeat(values, seeds, axis=0),
-                                 first.x, precision, opts, mesh)
+                out = engine.execute(_network(first), first.shape, first.dtype, flat_keys,
+                                     first.x, None, plan, precision, mesh, make=make,
+                                     values=np.repeat(values, seeds, axis=0))
             except Exception as e:  # noqa: BLE001 - a builder that cannot take traced floats
                 if _is_runtime_error(e):
                     raise
@@ -362,10 +329,11 @@ def _run_unit(kind, group, builder, keys, precision, opts, mesh) -> list[dict]:
             else:
                 log.info("sweep: %d points differing in %s as one program", len(group),
                          ", ".join(names))
-                return [{k: v.reshape(n, seeds, *v.shape[1:])[j] for k, v in out.items()}
-                        for j in range(n)]
-    return [run_sharded(job[0].model, job[0].shape, keys, job[0].x, precision, opts, mesh=mesh)
-            for job in group]
+                return [jax.tree_util.tree_map(
+                    lambda v, j=j: v.reshape(n, seeds, *v.shape[1:])[j], out)
+                    for j in range(n)]
+    return [engine.execute(_network(job[0]), job[0].shape, job[0].dtype, keys, job[0].x, None,
+                           plan, precision, mesh) for job in group]
 
 
 # ----------------------------------------------------------------------------- persistence
@@ -448,7 +416,7 @@ def load_sweep(out) -> list[Point]:
 
 # ----------------------------------------------------------------------------------- sweep
 def sweep(builder: Callable[..., Any], grid, inputs, *, seeds: int, out=None, key=0,
-          precision: str = "highest", similar_batch_noise: float | None = None,
+          precision: str = "highest", metrics=None, similar_batch_noise: float | None = None,
           gradient_correlation: bool = False, progress: bool = True, mesh=None) -> list[Point]:
     """:func:`~sigprop.analyze.analyze` at every point of ``grid``, compiled as little as possible.
 
@@ -466,7 +434,7 @@ def sweep(builder: Callable[..., Any], grid, inputs, *, seeds: int, out=None, ke
         hash of the builder, config, inputs, seeds, key, precision and options), and points
         already there are loaded instead of computed. Read it back with :func:`load_sweep`.
       key: an int or a ``jax.random`` key.
-      precision, similar_batch_noise, gradient_correlation: as in ``analyze``.
+      precision, metrics, similar_batch_noise, gradient_correlation: as in ``analyze``.
       progress: a progress bar on stderr (points done, rate, time left).
       mesh: a 1-D ``jax.sharding.Mesh`` (``sigprop.devices.mesh``); default every device.
         Under ``jax.distributed`` every process runs the same call, ``out`` must be a folder they
@@ -479,15 +447,9 @@ def sweep(builder: Callable[..., Any], grid, inputs, *, seeds: int, out=None, ke
     if not callable(builder):
         raise ValueError(f"builder must be a callable returning a model (e.g. sigprop.mlp); "
                          f"got {builder!r}")
-    if isinstance(seeds, bool) or not isinstance(seeds, (int, np.integer)) or seeds < 1:
-        raise ValueError(f"seeds={seeds!r} must be an integer >= 1")
-    seeds = int(seeds)
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision={precision!r}; allowed: {', '.join(_PRECISIONS)}")
-    if isinstance(key, bool) or not (isinstance(key, (int, np.integer)) or (
-            isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-            and key.shape == ())):
-        raise ValueError(f"key={key!r} must be an int or a jax.random.key")
+    seeds = check_seeds(seeds)
+    precision = check_precision(precision)
+    root = check_key(key)
     if not (callable(inputs) or _is_shape(inputs) or hasattr(inputs, "shape")
             or isinstance(inputs, (list, tuple))):
         raise ValueError("inputs must be a shape tuple, an array [batch, ...] or a callable "
@@ -497,8 +459,8 @@ def sweep(builder: Callable[..., Any], grid, inputs, *, seeds: int, out=None, ke
         if os.path.exists(out) and not os.path.isdir(out):
             raise ValueError(f"out={out!r} exists and is not a folder")
     configs = expand_grid(grid)
-    opts = check_options(similar_batch_noise, gradient_correlation)
-    points = _resolve(builder, configs, inputs, seeds, key, precision, opts, out is not None)
+    plan = make_plan(metrics, similar_batch_noise, gradient_correlation, None)
+    points = _resolve(builder, configs, inputs, seeds, key, precision, plan, out is not None)
 
     results: dict[int, LayerMetrics] = {}
     writer = out is not None and jax.process_index() == 0
@@ -514,8 +476,7 @@ def sweep(builder: Callable[..., Any], grid, inputs, *, seeds: int, out=None, ke
     keys_seen = dict.fromkeys(k for c in configs for k in c)
     varying = [k for k in keys_seen if len({_canonical_or_repr(c.get(k)) for c in configs}) > 1]
 
-    root = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
-    keys = _seed_keys(root, seeds)
+    keys = seed_keys(root, seeds)
     m = devices.mesh() if mesh is None else mesh
     bar = Progress(len(todo), "points") if progress and todo else None
     if progress and results:
@@ -524,17 +485,12 @@ def sweep(builder: Callable[..., Any], grid, inputs, *, seeds: int, out=None, ke
         if bar is not None:
             bar.__enter__()
         for kind, group in _plan(todo):
-            outs = _run_unit(kind, group, builder, keys, precision, opts, m)
+            outs = _run_unit(kind, group, builder, keys, precision, plan, m)
             for job, arrays in zip(group, outs):
                 for p in job:
-                    config = _config(p.model, p.shape, seeds, key, p.x is not None)
-                    if opts.similar_batch or opts.gradient_correlation:  # as analyze records them
-                        config["options"] = dict(
-                            similar_batch_noise=opts.similar_batch_noise or DEFAULT_NOISE,
-                            similar_batch=opts.similar_batch,
-                            gradient_correlation=opts.gradient_correlation)
+                    config = run_config(p.model, p.shape, seeds, key, p.x is not None, plan)
                     config.update(sweep_point=p.config_json, sweep_id=p.id)
-                    res = _assemble(arrays, p.model, config, opts)
+                    res = LayerMetrics.from_engine(arrays, config)
                     if writer:
                         _write(res, out, p.id)
                     results[p.index] = res

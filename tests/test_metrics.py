@@ -29,13 +29,12 @@ LOWRANK_RTOL = RTOL
 SHAPES = [(8, 4, 4, 3), (16, 32), (5, 2, 2, 7)]
 
 
-@pytest.fixture(params=["cpu", "cpu-exact", "f32"], autouse=True, scope="module")
+@pytest.fixture(params=["cpu", "cpu-exact"], autouse=True, scope="module")
 def gram_path(request):
-    """Run the module on one of the library's Gram-metric paths: CPU (float32 Gram matrix when
-    well conditioned, else float64), CPU always float64 ("cpu-exact"), or the float32 + QR path
-    of GPU/TPU ("f32"). JAX caches traces per function, so the caches are cleared around it."""
+    """Run the module on both of the library's Gram-matrix records: float32 when well
+    conditioned, else float64 sums ("cpu"), or always float64 sums ("cpu-exact"). JAX caches
+    traces per function, so the caches are cleared around it."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sm, "_use_f64", lambda: request.param != "f32")
         if request.param == "cpu-exact":
             mp.setattr(sm, "_F32_MIN_EIGEN_RATIO", np.inf)
         jax.clear_caches()
@@ -267,7 +266,7 @@ def test_effective_rank_steep_spectrum():
 
 
 def test_metrics_vmapped_over_a_scan():
-    # seeds (vmap) x layers (scan): the LAPACK calls run one matrix at a time (metrics._unbatched)
+    # seeds (vmap) x layers (scan): the Gram record's batched rule inside a scan
     xs = rand((3, 4, 8, 6), seed=61, offset=0.2)
 
     def layers(stack):

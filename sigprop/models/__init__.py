@@ -1,4 +1,4 @@
-"""The model zoo: builders returning linen modules with ``layer_names`` / ``grad_layer_names``."""
+"""The model zoo: builders returning linen modules whose taps name their layers."""
 
 from sigprop.models.cnn import CFG_NAMES, CNN, cnn
 from sigprop.models.mlp import MLP, mlp

@@ -50,13 +50,6 @@ class CNN(nn.Module):
     conv_impl: str = "auto"
     remat: bool = False
 
-    @property
-    def layer_names(self) -> tuple[str, ...]:
-        pat = layer_pattern(len(self.layers))
-        return tuple(pat.format(i) for i in range(len(self.layers)))
-
-    grad_layer_names = layer_names
-
     def check_inputs(self, shape) -> None:
         check_image_inputs(shape, "cnn")
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from sigprop import normalizers, probe
 from sigprop.models.layers import (
+    KERNEL_KEYS,
     Activation,
     Conv,
     Dense,
@@ -17,7 +18,9 @@ from sigprop.models.layers import (
     classifier_init,
 )
 
-SCAN_AXES = {"params": 0, probe.TAPS: 0, probe.PROBES: 0, probe.LOSSES: 0}
+# every collection a zoo layer holds or records, stacked on a leading layer axis in nn.scan
+SCAN_AXES = {"params": 0, KERNEL_KEYS: 0, probe.PROBES: 0, probe.PAIR_PROBES: 0, probe.LOSSES: 0,
+             **{c: 0 for c in probe.TAP_COLLECTIONS}}
 
 
 def resolve(norm, activation, norm_options: dict) -> tuple[normalizers.NormSpec, Any]:

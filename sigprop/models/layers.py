@@ -145,14 +145,19 @@ class Conv(nn.Module):
         return y
 
 
+KERNEL_KEYS = "kernel_keys"  # lazy kernels' RNG keys: not trainable, so not in 'params'
+
+
 def kernel(module: nn.Module, init: Callable, shape: tuple, lazy: bool):
-    """``module``'s ``'kernel'`` param, ``init(rng, shape, float32)``. ``lazy``: the param holds
-    the RNG key that ``init`` would get and the kernel is drawn from it here, on every call (the
-    same values); under ``jax.checkpoint`` the backward pass draws it again instead of keeping
-    it, so a deep stack of lazy layers stores no kernels."""
+    """``module``'s ``'kernel'`` param, ``init(rng, shape, float32)``. ``lazy``: the
+    ``'kernel_keys'`` collection (not ``'params'``, so an optimizer sees only real parameters)
+    holds the RNG key that ``init`` would get and the kernel is drawn from it here, on every
+    call (the same values); under ``jax.checkpoint`` the backward pass draws it again instead of
+    keeping it, so a deep stack of lazy layers stores no kernels."""
     if not lazy:
         return module.param("kernel", init, shape, jnp.float32)
-    return init(module.param("kernel", lambda rng: rng), shape, jnp.float32)
+    key = module.variable(KERNEL_KEYS, "kernel", lambda: module.make_rng("params"))
+    return init(key.value, shape, jnp.float32)
 
 
 class Dense(nn.Module):

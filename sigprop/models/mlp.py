@@ -32,13 +32,6 @@ class MLP(nn.Module):
     remat: bool = False
     lazy_weights: bool = False
 
-    @property
-    def layer_names(self) -> tuple[str, ...]:
-        pat = layer_pattern(self.depth)
-        return tuple(pat.format(i) for i in range(self.depth))
-
-    grad_layer_names = layer_names
-
     def check_inputs(self, shape) -> None:
         if len(shape) < 2:
             raise ValueError(f"inputs: mlp expects [batch, features...]; got shape {tuple(shape)}")

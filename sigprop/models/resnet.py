@@ -3,7 +3,8 @@
 Layer names: ``stem``; ``stage{s}/block{b}/act1`` (after the first normalizer + activation),
 ``.../act2`` (pre-activation only), ``.../out`` (the residual stream after the addition, and after
 the final activation in the post-activation block); gradient taps ``.../conv1``, ``.../conv2``,
-``.../shortcut`` at the conv outputs. Blocks of a stage after the first are identical and run as
+``.../shortcut`` at the conv outputs; branch taps ``.../branch`` (the residual branch, times its
+gain, before the addition: ``residual_variance``). Names come from the taps, in call order. Blocks of a stage after the first are identical and run as
 one ``nn.scan`` stack (``scan=False`` unrolls them).
 """
 
@@ -64,6 +65,8 @@ class _Block(nn.Module):
         y = probe.Tap("act", name="act1")(self._norm_act(y))
         y = probe.Tap("grad", name="conv2")(self._conv(y))
         y = self._gain(norm_slot(self.spec, self.activation)(y))
+        if self.shortcut != "none":
+            y = probe.Tap("branch", name="branch")(y)
         if self.shortcut == "conv":
             s = probe.Tap("grad", name="shortcut")(
                 self._conv(x, self.stride, self.shortcut_kernel))
@@ -79,6 +82,8 @@ class _Block(nn.Module):
         y = probe.Tap("grad", name="conv1")(self._conv(y, self.stride))
         y = probe.Tap("act", name="act2")(self._norm_act(y))
         y = self._gain(probe.Tap("grad", name="conv2")(self._conv(y)))
+        if self.shortcut != "none":
+            y = probe.Tap("branch", name="branch")(y)
         if self.shortcut == "conv":
             s = norm_slot(self.spec, self.activation)(x)
             y = y + probe.Tap("grad", name="shortcut")(
@@ -86,12 +91,6 @@ class _Block(nn.Module):
         elif self.shortcut == "identity":
             y = y + x
         return probe.Tap("act", name="out")(y)
-
-
-def _block_names(preact: bool, shortcut: str):
-    acts = ("act1", "act2", "out") if preact else ("act1", "out")
-    grads = ("conv1", "conv2") + (("shortcut",) if shortcut == "conv" else ())
-    return acts, grads
 
 
 class ResNet(nn.Module):
@@ -137,24 +136,6 @@ class ResNet(nn.Module):
                     plan.append((s, b, 1, kw))
                 cin = width
         return plan
-
-    def _names(self, grads: bool) -> tuple[str, ...]:
-        out = ["stem"] if (grads or self.stem == "unit") else []
-        for s, first, count, kw in self._plan():
-            acts, grad_names = _block_names(self.preact, kw["shortcut"])
-            for b in range(first, first + count):
-                out += [f"stage{s}/block{b}/{n}" for n in (grad_names if grads else acts)]
-        if self.final_norm and not grads:
-            out.append("final")
-        return tuple(out)
-
-    @property
-    def layer_names(self) -> tuple[str, ...]:
-        return self._names(grads=False)
-
-    @property
-    def grad_layer_names(self) -> tuple[str, ...]:
-        return self._names(grads=True)
 
     def check_inputs(self, shape) -> None:
         check_image_inputs(shape, "resnet")

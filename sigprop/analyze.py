@@ -88,7 +88,7 @@ def check_inputs(model, inputs) -> tuple[tuple[int, ...], Any, Any]:
 def make_plan(metric_names, similar_batch_noise, gradient_correlation, loss) -> Plan:
     """Validate the metric arguments of :func:`analyze`; return the engine's :class:`Plan`."""
     names = metrics.check_metrics(metric_names)
-    optional = ("residual_variance",) if metric_names is None else ()
+    optional = names if metric_names is None else ()  # dropped where the model has no tap
     if similar_batch_noise is not None:
         if isinstance(similar_batch_noise, bool) or not isinstance(
                 similar_batch_noise, (int, float, np.integer, np.floating)):

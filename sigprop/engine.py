@@ -271,7 +271,7 @@ class _null:
 def _linen_calls(module, x_abstract, apply_kwargs, key=None):
     """Every module call of one ``init`` + ``apply`` traced abstractly: ``[(path tuple,
     module)]`` in call-exit order (first exit of each path), and whether the model has sigprop
-    taps of its own (activation, gradient or branch)."""
+    taps of its own: ``(activation or branch, gradient)``."""
     calls: dict = {}
 
     def record(next_fun, args, kwargs, ctx):
@@ -294,7 +294,8 @@ def _linen_calls(module, x_abstract, apply_kwargs, key=None):
 
     k = jax.random.key(0) if key is None else key
     probes, moments, branch = jax.eval_shape(run, k, x_abstract)
-    explicit = bool(jax.tree_util.tree_leaves((probes, moments, branch)))
+    explicit = (bool(jax.tree_util.tree_leaves((moments, branch))),
+                bool(jax.tree_util.tree_leaves(probes)))
     return list(calls.items()), explicit
 
 
@@ -438,7 +439,9 @@ def nnx_network(model, x_abstract, taps, apply_kwargs=()) -> tuple[NnxNet, Any]:
     calls = list(first.items())
     explicit = tuple(dict.fromkeys(ctx.explicit))
     module_calls = [(p, m) for p, m in calls if m is not None]
-    acts, grads = selectors.select(taps, module_calls, bool(explicit))
+    kinds = {k for _, k in explicit}
+    acts, grads = selectors.select(taps, module_calls, (
+        bool(kinds & {"activation", "act", "branch"}), bool(kinds & {"gradient", "grad"})))
     net = NnxNet(graphdef, factory, acts, grads, explicit, tuple(p for p, _ in calls),
                  tuple(apply_kwargs))
     return net, state
@@ -497,6 +500,10 @@ def finish(records: dict, plan: Plan) -> dict:
             raise ValueError(f"taps: the model has no {what} tap, so {', '.join(uses)} cannot "
                              "be measured; select modules with taps=sigprop.Taps(...) or add "
                              "sigprop.tap(...) calls")
+    if not wanted:
+        raise ValueError("taps: the model has no tap at all (no normalization module, no "
+                         "dense/conv layer); select modules with taps=sigprop.Taps(...) or add "
+                         "sigprop.tap(...) calls")
     arrays = {k: v.value for k, v in records.items() if v.value is not None}
     values = metrics.compute(arrays, wanted)
     out = {}

@@ -85,22 +85,22 @@ def matches(selector, path: str, module) -> bool:
     return bool(selector(path, module))
 
 
-def select(taps: Taps | None, calls: list[tuple[str, Any]], explicit: bool):
+def select(taps: Taps | None, calls: list[tuple[str, Any]], explicit: tuple[bool, bool]):
     """``(activation paths, gradient paths)`` selected among the module calls
     ``[(path, module)]`` (in call order, the root's path ``""`` excluded).
 
-    ``taps=None``: the defaults, unless the model has sigprop taps of its own (``explicit``), in
-    which case nothing more. A selector given explicitly that matches nothing is an error
-    listing the paths seen."""
+    A selector left at None takes the default, unless the model has sigprop taps of its own of
+    that kind (``explicit = (activation, gradient)``: a zoo model, or :func:`sigprop.tap`
+    calls), which then stand alone. A selector given explicitly that matches nothing is an
+    error listing the paths seen."""
     seen = [(p, m) for p, m in calls if p]
-    if taps is None:
-        if explicit:
-            return (), ()
-        acts = tuple(p for p, m in seen if isinstance(m, NORM_CLASSES))
-        grads = [p for p, m in seen if isinstance(m, AFFINE_CLASSES)]
-        return acts, tuple(grads[:-1])
+    taps = taps or Taps()
     out = []
-    for what, selector in (("activations", taps.activations), ("gradients", taps.gradients)):
+    for what, selector, own in (("activations", taps.activations, explicit[0]),
+                                ("gradients", taps.gradients, explicit[1])):
+        if selector is None and own:
+            out.append(())
+            continue
         if selector is None:
             default = NORM_CLASSES if what == "activations" else AFFINE_CLASSES
             paths = [p for p, m in seen if isinstance(m, default)]

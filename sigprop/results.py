@@ -258,4 +258,15 @@ def equal(a, b) -> bool:
     return all(np.array_equal(np.asarray(a[k]), np.asarray(b[k]), equal_nan=True) for k in a)
 
 
-__all__ = ["LayerMetrics", "equal", "axis_of"]
+__all__ = ["LayerMetrics", "equal", "axis_of", "from_arrays"]
+
+
+def from_arrays(acts, grads, layer_names, grad_layer_names, config: dict) -> LayerMetrics:
+    """A result from ``acts [..., L, 6]`` (:data:`~sigprop.metrics.ACT_METRICS` then the finite
+    flag) and ``grads [..., G, 2]`` (norm, finite): hand-made results for plots and tests."""
+    acts, grads = np.asarray(acts), np.asarray(grads)
+    arrays = {name: acts[..., i] for i, name in enumerate(_metrics.ACT_METRICS)}
+    arrays.update(finite=acts[..., len(_metrics.ACT_METRICS)] > 0.5, grad_norm=grads[..., 0],
+                  grad_finite=grads[..., 1] > 0.5)
+    return LayerMetrics(arrays, {_metrics.LAYER: tuple(layer_names),
+                                 _metrics.GRAD_LAYER: tuple(grad_layer_names)}, _freeze(config))

@@ -13,7 +13,12 @@ import pytest
 import sigprop
 from sigprop import normalizers, probe
 
-engine = sys.modules["sigprop.analyze"]
+from sigprop import engine
+from sigprop.metrics import ACT_METRICS
+
+
+def _names(model, shape):
+    return sigprop.layer_names(model, shape)
 
 # ------------------------------------------------------------------------------------------------
 # Names
@@ -21,31 +26,37 @@ engine = sys.modules["sigprop.analyze"]
 
 def test_cnn_cfg_names():
     for cfg, n in [("cfg_10", 10), ("cfg_20", 20), ("cfg_40", 40)]:
-        m = sigprop.cnn(cfg, norm="batchnorm")
-        assert m.layer_names == tuple(f"layer{i:02d}" for i in range(n))
-        assert m.grad_layer_names == m.layer_names
-    assert len(sigprop.cnn("uniform", depth=120, width=8).layer_names[-1]) == len("layer119")
+        names = _names(sigprop.cnn(cfg, norm="batchnorm"), (2, 32, 32, 3))
+        assert names["layer"] == tuple(f"layer{i:02d}" for i in range(n))
+        assert names["grad_layer"] == names["layer"]
+    long = _names(sigprop.cnn("uniform", depth=120, width=8), (2, 8, 8, 3))["layer"]
+    assert long[-1] == "layer119" and long[:2] == ("layer000", "layer001")
 
 
 def test_resnet56_names():
-    m = sigprop.resnet56(norm="batchnorm")
-    acts, grads = m.layer_names, m.grad_layer_names
+    names = _names(sigprop.resnet56(norm="batchnorm"), (2, 32, 32, 3))
+    acts, grads = names["layer"], names["grad_layer"]
     assert len(acts) == 1 + 27 * 2 and len(grads) == 1 + 27 * 2 + 2
     assert acts[0] == "stem" and grads[0] == "stem"
     for name in ("stage2/block3/act1", "stage2/block3/out", "stage3/block8/out"):
         assert name in acts
     assert "stage2/block0/shortcut" in grads and "stage3/block0/shortcut" in grads
     assert "stage1/block0/shortcut" not in grads  # identity shortcut
-    pre = sigprop.resnet56(norm="batchnorm", preact=True)
-    assert len(pre.layer_names) == 1 + 27 * 3 and "stage1/block4/act2" in pre.layer_names
+    assert names["branch_layer"] == tuple(f"stage{s}/block{b}/branch" for s in (1, 2, 3)
+                                          for b in range(9))
+    pre = _names(sigprop.resnet56(norm="batchnorm", preact=True), (2, 32, 32, 3))["layer"]
+    assert len(pre) == 1 + 27 * 3 and "stage1/block4/act2" in pre
+    # call order: a block's taps in the order its forward pass reaches them
+    assert pre[1:4] == ("stage1/block0/act1", "stage1/block0/act2", "stage1/block0/out")
 
 
 def test_wrn_names():
-    m = sigprop.wrn(26, 2, norm="batchnorm")
-    assert m.layer_names[-1] == "final" and m.grad_layer_names[0] == "stem"
-    assert sum(n.endswith("/shortcut") for n in m.grad_layer_names) == 3
-    plain = sigprop.wrn(26, 2, skip=False, norm="batchnorm")
-    assert not any(n.endswith("/shortcut") for n in plain.grad_layer_names)
+    m = _names(sigprop.wrn(26, 2, norm="batchnorm"), (2, 32, 32, 3))
+    assert m["layer"][-1] == "final" and m["grad_layer"][0] == "stem"
+    assert sum(n.endswith("/shortcut") for n in m["grad_layer"]) == 3
+    plain = _names(sigprop.wrn(26, 2, skip=False, norm="batchnorm"), (2, 32, 32, 3))
+    assert not any(n.endswith("/shortcut") for n in plain["grad_layer"])
+    assert plain["branch_layer"] == ()
 
 
 def test_pairings_and_overrides():
@@ -71,13 +82,23 @@ _SCAN_MODELS = {
 }
 
 
-_jit_measure = jax.jit(engine.measure, static_argnums=0)
+_PLAN = engine.Plan(ACT_METRICS + ("grad_norm",))
+
+
+def _measure(model, variables, x, label_key):
+    """The engine's records -> metrics for given variables: ``acts [L, 6]`` (the five metrics,
+    finite) and ``grads [G, 2]`` (norm, finite)."""
+    net = engine.linen_network(model, jax.ShapeDtypeStruct(x.shape, x.dtype), None)
+    out = engine.finish(net.measure(variables, x, label_key, _PLAN), _PLAN)
+    acts = jnp.stack([out[m].value for m in ACT_METRICS] + [out["finite"].value], -1)
+    return acts, jnp.stack([out["grad_norm"].value, out["grad_finite"].value], -1)
+
+
+_jit_measure = jax.jit(_measure, static_argnums=0)
 
 
 def _measured(model, variables, x):
-    taps, grads = _jit_measure(model, variables, x, jax.random.key(7))
-    _, acts = probe.ordered(probe.act_values(taps), model.layer_names, "acts")
-    _, g = probe.ordered(probe.grad_values(grads), model.grad_layer_names, "grads")
+    acts, g = _jit_measure(model, variables, x, jax.random.key(7))
     return np.asarray(acts), np.asarray(g)
 
 
@@ -85,7 +106,7 @@ def _measured(model, variables, x):
 def test_scan_and_loop_agree(name):
     build, shape = _SCAN_MODELS[name]
     scanned, looped = build(True), build(False)
-    assert scanned.layer_names == looped.layer_names
+    assert _names(scanned, shape) == _names(looped, shape)
     x = jax.random.normal(jax.random.key(1), shape)
     v_scan = scanned.init(jax.random.key(0), x)
     v_loop = probe.unstack({k: v for k, v in v_scan.items() if k in ("params", "probes")})
@@ -116,7 +137,7 @@ def test_every_normalizer_small_models(norm):
         res = sigprop.analyze(model, shape, seeds=2)
         assert res.finite.all() and res.grad_finite.all(), (norm, res.first_nonfinite())
         assert np.isfinite(res.cosine_similarity).all() and (res.grad_norm > 0).all()
-        assert res.cosine_similarity.shape == (2, len(model.layer_names))
+        assert res.cosine_similarity.shape == (2, len(_names(model, shape)["layer"]))
 
 
 @pytest.mark.slow
@@ -152,13 +173,13 @@ def test_engine_matches_independent_mlp():
     variables = model.init(jax.random.key(4), x)
     params = probe.unstack(variables["params"])
     label_key = jax.random.key(5)
-    taps, grads = _jit_measure(model, variables, x, label_key)
-    _, acts = probe.ordered(probe.act_values(taps), model.layer_names, "acts")
-    _, g = probe.ordered(probe.grad_values(grads), model.grad_layer_names, "grads")
+    acts, g = _jit_measure(model, variables, x, label_key)
+    names = [f"layer{i:02d}" for i in range(depth)]
+    assert _names(model, x.shape)["layer"] == tuple(names)
 
     # the same network written out by hand; perturbations d_i at each dense output give gradients
-    kernels = [params[n]["Dense_0"]["kernel"] for n in model.layer_names]
-    bn = [params[n]["BatchNorm_0"] for n in model.layer_names]
+    kernels = [params[n]["Dense_0"]["kernel"] for n in names]
+    bn = [params[n]["BatchNorm_0"] for n in names]
     labels = jax.random.randint(label_key, (batch,), 0, classes)
 
     def net(deltas):
@@ -271,8 +292,8 @@ def test_remat_gives_the_same_numbers(name):
     a_remat, g_remat = _measured(remat, variables, x)
     np.testing.assert_allclose(a_remat, a_plain, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(g_remat, g_plain, rtol=1e-6, atol=1e-7)
-    jaxpr = str(jax.make_jaxpr(functools.partial(engine.measure, remat))(variables, x,
-                                                                          jax.random.key(7)))
+    jaxpr = str(jax.make_jaxpr(functools.partial(_measure, remat))(variables, x,
+                                                                    jax.random.key(7)))
     assert "checkpoint" in jaxpr or "remat" in jaxpr
 
 
@@ -296,10 +317,12 @@ def test_lazy_weights_give_the_same_numbers():
     for remat in (False, True):
         lazy = sigprop.mlp(5, 32, norm="layernorm", remat=remat, lazy_weights=True)
         v_lazy = lazy.init(jax.random.key(9), x)
-        # the params hold the kernels' keys; drawing them gives the plain model's kernels
+        # 'kernel_keys' (not 'params') hold the kernels' keys; drawing them gives the plain
+        # model's kernels, and the params hold nothing for the lazy kernels
         stack_key = "layer{:02d}+1"
         drawn = jax.vmap(lambda k: sigprop.models.layers.he_normal(k, (32, 32)))(
-            v_lazy["params"][stack_key]["Dense_0"]["kernel"])
+            v_lazy["kernel_keys"][stack_key]["Dense_0"]["kernel"])
+        assert "kernel" not in v_lazy["params"][stack_key].get("Dense_0", {})
         np.testing.assert_array_equal(drawn, v_plain["params"][stack_key]["Dense_0"]["kernel"])
         a_plain, g_plain = _measured(plain, v_plain, x)
         a_lazy, g_lazy = _measured(lazy, v_lazy, x)

@@ -3,7 +3,7 @@
 Each case is a zero-argument callable that must raise ``ValueError``; ``match`` is a regex the
 message must contain (the parameter's name), ``also`` are further substrings it must contain
 (the offending width, the known names, ...). No error may need a compiled computation: the
-analysis engine (``sigprop.analyze._run``) is replaced by a tripwire for the whole table, so an
+analysis engine (``sigprop.engine._core``) is replaced by a tripwire for the whole table, so an
 error raised only after jitting fails the test instead of passing slowly.
 """
 
@@ -125,7 +125,7 @@ def no_compile(monkeypatch):
     def tripwire(*args, **kwargs):
         raise AssertionError("reached the jitted analysis engine: the error is raised too late")
 
-    monkeypatch.setattr(analyze_module, "_run", tripwire)
+    monkeypatch.setattr(importlib.import_module("sigprop.engine"), "_core", tripwire)
 
 
 @pytest.mark.parametrize("call, match, also", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -448,19 +448,23 @@ def test_tap_module():
     x = rand((8, 16), seed=53)  # full row rank (see test_effective_rank_low_rank_strict)
     mod = _TwoTaps()
     variables = mod.init(jax.random.PRNGKey(2), jnp.asarray(x))
-    assert "taps" not in variables  # activation taps are not sown at init
+    assert sp.MOMENTS not in variables  # activation taps are not sown at init
     params, probes = variables["params"], variables["probes"]
     assert set(probes) == {"g0"}
 
-    out, state = mod.apply(variables, jnp.asarray(x), mutable=["taps"])
-    acts = sp.act_values(state["taps"])
-    assert set(acts) == {"a"}
-    np.testing.assert_allclose(np.asarray(acts["a"]), ref_all(x), rtol=RTOL)
+    out, state = mod.apply(variables, jnp.asarray(x), mutable=[sp.MOMENTS, sp.GRAM])
+    moments = sp.collect(state[sp.MOMENTS], "m")
+    hi, lo = sp.collect(state[sp.GRAM], "h"), sp.collect(state[sp.GRAM], "l")
+    assert set(moments) == {"a"}
+    got = sm.compute({"moments": moments["a"], "gram_hi": hi["a"], "gram_lo": lo["a"]},
+                     sm.ACT_METRICS)
+    np.testing.assert_allclose([float(got[m]) for m in sm.ACT_METRICS], ref_all(x)[:5],
+                               rtol=RTOL)
 
     def loss(pr):
         return jnp.sum(jnp.sin(mod.apply({"params": params, "probes": pr}, jnp.asarray(x))))
 
-    grads = sp.grad_values(jax.grad(loss)(probes))
+    grads = sp.collect(jax.grad(loss)(probes), "g")
     assert set(grads) == {"g0"}
     pd = params["dense"]
     y = np.asarray(x, np.float64) @ np.asarray(pd["kernel"], np.float64) + np.asarray(
@@ -524,10 +528,16 @@ def test_collect_and_ordered_match_unstacked_layout():
     assert sorted(values) == sorted(flat) and len(values) == 1 + 6 + 8 + 1
     for name, v in flat.items():
         np.testing.assert_array_equal(np.asarray(values[name]), np.asarray(v))
-    for names in (tuple(flat), tuple(sorted(flat)), tuple(reversed(tuple(flat)))):
-        got_names, got = sp.ordered(values, names, "test")
-        assert got_names == names
-        np.testing.assert_array_equal(np.asarray(got), np.stack([flat[n] for n in names]))
+    # in the collection's order, stacked runs concatenate into the same rows
+    np.testing.assert_array_equal(np.asarray(sp.stacked(values)),
+                                  np.stack([flat[n] for n in values]))
+    # ordered by call index: "odd" was called first, then the stacks, the stem last
+    calls = {("odd",): 0, ("stage2", "block{}+1", "inner{}"): 1, ("stage1", "block{}", "out"): 2,
+             ("stage1", "block{}", "act1"): 3, ("stem",): 4}
+    by_call = sp.collect(tree, "m", order=lambda p: calls[tuple(p)])
+    names = list(by_call)
+    assert names[0] == "odd" and names[1] == "stage2/block1/inner0" and names[-1] == "stem"
+    assert names[9:11] == ["stage1/block0/out", "stage1/block0/act1"]
     # a pytree: tree_map and vmap keep the names
     doubled = jax.tree_util.tree_map(lambda v: 2 * v, values)
     np.testing.assert_array_equal(np.asarray(doubled["stage2/block2/inner3"]),
@@ -537,8 +547,6 @@ def test_collect_and_ordered_match_unstacked_layout():
     second = jax.tree_util.tree_map(lambda v: v[1], batched)  # batch axes lead: drop them first
     np.testing.assert_array_equal(np.asarray(second["stage1/block1/out"]),
                                   -np.asarray(flat["stage1/block1/out"]))
-    with pytest.raises(RuntimeError, match="differ"):
-        sp.ordered(values, tuple(flat)[:-1], "test")
 
 
 def test_grad_norm_is_differentiable():

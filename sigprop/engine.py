@@ -127,12 +127,9 @@ class _ByValueOrIdentity:
         return hash((type(self), self._key()))
 
     def __eq__(self, other):
-        if type(self) is not type(other):
-            return False
-        a, b = self._key(), other._key()
-        return a == b if all(not isinstance(x, tuple) or x[:1] != ("id",) for x in a) else \
-            all((x is y) if isinstance(x, tuple) and x[:1] == ("id",) else x == y
-                for x, y in zip(a, b)) and a == b
+        # an unhashable field compares by identity (its ("id", id) entry); the jit cache keeps
+        # the object alive, so its id is not reused while the entry exists
+        return type(self) is type(other) and self._key() == other._key()
 
 
 def _hashable(v) -> bool:

@@ -22,7 +22,6 @@ collection passed, see :mod:`sigprop.probe`).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import flax.linen as nn

@@ -6,7 +6,7 @@ import json
 import os
 import zipfile
 from collections.abc import Mapping
-from typing import Any
+
 
 import jax
 import numpy as np

@@ -50,7 +50,7 @@ from sigprop.analyze import (
     network,
     run_config,
 )
-from sigprop.engine import Plan, seed_keys
+from sigprop.engine import seed_keys
 from sigprop.progress import Progress
 from sigprop.results import LayerMetrics
 

@@ -1,6 +1,5 @@
 """sigprop.analyze: inputs, seeds, non-finite reporting, no recompiles, LayerMetrics io."""
 
-import sys
 import warnings
 
 import jax

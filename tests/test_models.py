@@ -2,7 +2,6 @@
 re-implementation of one network checks the whole engine (taps, metrics, gradient norms)."""
 
 import functools
-import sys
 
 import flax.linen as nn
 import jax

@@ -478,24 +478,34 @@ def measure_item(net, shape, dtype, key, x, variables, plan: Plan) -> dict:
     return finish(records, plan)
 
 
+# per layer axis: the records that carry its names, and where each keeps its finite flag
+_AXIS_RECORDS = {metrics.LAYER: (("moments", 2), ("pair", None)),
+                 metrics.GRAD_LAYER: (("grad", 1), ("pair_grad", 1)),
+                 metrics.BRANCH_LAYER: (("branch", 1),)}
+_AXIS_WHAT = {metrics.LAYER: "activation", metrics.GRAD_LAYER: "gradient",
+              metrics.BRANCH_LAYER: "residual-branch"}
+
+
 def finish(records: dict, plan: Plan) -> dict:
     """The spectral step: metrics from the records (:func:`sigprop.metrics.compute`), each with
-    its layer names, plus each axis's finite flag."""
-    axis_names = {metrics.LAYER: "moments", metrics.GRAD_LAYER: "grad",
-                  metrics.BRANCH_LAYER: "branch"}
-    wanted = list(plan.metrics)
-    for axis, rec in axis_names.items():
+    its layer names, plus each axis's finite flag (the taps' flag and every metric finite).
+
+    A metric whose axis has no tap is an error, unless it is in ``plan.optional``."""
+    wanted, sources = list(plan.metrics), {}
+    for axis, candidates in _AXIS_RECORDS.items():
         uses = [m for m in wanted if metrics.REGISTRY[m].axis == axis]
-        source = rec if rec in records else ("pair_grad" if axis == metrics.GRAD_LAYER else None)
-        if uses and (source not in records or records[source].value is None):
-            what = {metrics.LAYER: "activation", metrics.GRAD_LAYER: "gradient",
-                    metrics.BRANCH_LAYER: "residual-branch"}[axis]
-            if all(m in plan.optional for m in uses):  # e.g. residual_variance without blocks
-                wanted = [m for m in wanted if m not in uses]
-                continue
-            raise ValueError(f"taps: the model has no {what} tap, so {', '.join(uses)} cannot "
-                             "be measured; select modules with taps=sigprop.Taps(...) or add "
-                             "sigprop.tap(...) calls")
+        present = [(r, col) for r, col in candidates
+                   if r in records and records[r].value is not None]
+        if not uses:
+            continue
+        if present:
+            sources[axis] = present
+        elif all(m in plan.optional for m in uses):  # e.g. residual_variance without blocks
+            wanted = [m for m in wanted if m not in uses]
+        else:
+            raise ValueError(f"taps: the model has no {_AXIS_WHAT[axis]} tap, so "
+                             f"{', '.join(uses)} cannot be measured; select modules with "
+                             "taps=sigprop.Taps(...) or add sigprop.tap(...) calls")
     if not wanted:
         raise ValueError("taps: the model has no tap at all (no normalization module, no "
                          "dense/conv layer); select modules with taps=sigprop.Taps(...) or add "
@@ -503,27 +513,15 @@ def finish(records: dict, plan: Plan) -> dict:
     arrays = {k: v.value for k, v in records.items() if v.value is not None}
     values = metrics.compute(arrays, wanted)
     out = {}
-    for m in wanted:
-        axis = metrics.REGISTRY[m].axis
-        names_from = {metrics.LAYER: "moments" if "moments" in records else "pair",
-                      metrics.GRAD_LAYER: "grad" if "grad" in records else "pair_grad",
-                      metrics.BRANCH_LAYER: "branch"}[axis]
-        out[m] = Named(records[names_from].names, values[m])
-    for axis, flag in metrics.FLAGS.items():
+    for axis, present in sources.items():
         on_axis = [m for m in wanted if metrics.REGISTRY[m].axis == axis]
-        if not on_axis:
-            continue
-        src = {metrics.LAYER: "moments", metrics.GRAD_LAYER: "grad",
-               metrics.BRANCH_LAYER: "branch"}[axis]
-        if src in records:
-            col = 2 if axis == metrics.LAYER else 1
-            base = records[src].value[..., col]
-        elif axis == metrics.GRAD_LAYER:
-            base = records["pair_grad"].value[..., 1]
-        else:
-            continue
-        ok = _finite(base, [out[m].value for m in on_axis])
-        out[flag] = Named(out[on_axis[0]].names, ok)
+        names = records[present[0][0]].names
+        for m in on_axis:
+            out[m] = Named(names, values[m])
+        flags = [records[r].value[..., col] for r, col in present if col is not None]
+        if flags:
+            out[metrics.FLAGS[axis]] = Named(names, _finite(flags[0], [values[m]
+                                                                       for m in on_axis]))
     return out
 
 

@@ -60,7 +60,7 @@ class LayerMetrics(Mapping):
     # ------------------------------------------------------------------------------ mapping
     def __getitem__(self, name: str):
         if name not in self._arrays:
-            raise KeyError(f"no metric {name!r} in this result; it has: {', '.join(self)}")
+            raise KeyError(f"unknown metric {name!r} for this result; it has: {', '.join(self)}")
         return self._arrays[name]
 
     def __iter__(self):

@@ -88,7 +88,7 @@ def test_to_pandas_long_format():
 def test_layer_accessor_and_errors():
     res = sigprop.analyze(MODEL, (8, 12), seeds=2)
     np.testing.assert_array_equal(res.layer("stable_rank", "layer01"), res.stable_rank[:, 1])
-    with pytest.raises(KeyError, match="no metric"):
+    with pytest.raises(KeyError, match="unknown metric"):
         res["nope"]
     with pytest.raises(KeyError, match="layer99"):
         res.layer("grad_norm", "layer99")

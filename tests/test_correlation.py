@@ -1,16 +1,12 @@
 """Similar-batch and gradient correlation ([U] section 4) against independent references."""
 
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import sigprop
-from sigprop import metrics, probe
-
-A = sys.modules["sigprop.analyze"]
+from sigprop import engine, metrics, probe
 
 
 def _np_corr(a, b):
@@ -45,13 +41,22 @@ def test_pair_correlations_match_independent_mlp():
     noise = 0.3 * jax.random.normal(jax.random.key(7), x.shape)
     variables = model.init(jax.random.key(4), x)
     label_key = jax.random.key(5)
-    acts, grads = jax.jit(lambda v, x, n: A.pair_correlations(model, v, x, n, label_key, True))(
-        variables, x, noise)
-    _, acts = probe.ordered(acts, model.layer_names, "acts")
-    _, grads = probe.ordered(grads, model.grad_layer_names, "grads")
+    net = engine.linen_network(model, jax.ShapeDtypeStruct(x.shape, x.dtype), None)
+    plan = engine.Plan(("similar_batch_correlation", "gradient_correlation"), noise=0.3)
+
+    @jax.jit
+    def pair(v, x, n):  # the engine's pair pass over [x, x + n], then its metrics
+        return engine.finish(net.pair(v, jnp.stack([x, x + n]), label_key, plan), plan)
+
+    out = pair(variables, x, noise)
+    names = tuple(f"layer{i:02d}" for i in range(depth))
+    assert out["similar_batch_correlation"].names == names
+    assert out["gradient_correlation"].names == names
+    acts = np.asarray(out["similar_batch_correlation"].value)
+    grads = np.stack([out["gradient_correlation"].value, out["grad_finite"].value], -1)
 
     params = probe.unstack(variables["params"])
-    kernels = [params[n]["Dense_0"]["kernel"] for n in model.layer_names]
+    kernels = [params[n]["Dense_0"]["kernel"] for n in names]
     labels = jax.random.randint(label_key, (batch,), 0, classes)
 
     def net(deltas, inp):
@@ -120,6 +125,12 @@ def test_non_default_prng_impl_is_kept():
     """Keys cross into jit as raw data; a user's rbg key must be re-wrapped as rbg."""
     key = jax.random.key(3, impl="rbg")
     res = sigprop.analyze(sigprop.mlp(2, 8), (4, 8), seeds=2, key=key)
-    keys = A._seed_keys(key, 2)
-    ref = A._run(sigprop.mlp(2, 8), (4, 8), keys, None, "highest")  # typed keys: no re-wrap
-    np.testing.assert_allclose(res.cosine_similarity, np.asarray(ref["acts"])[..., 2], rtol=1e-6)
+    keys = engine.seed_keys(key, 2)  # typed rbg keys, each seed's data drawn with them
+    net = engine.linen_network(sigprop.mlp(2, 8), jax.ShapeDtypeStruct((4, 8), jnp.float32), None)
+
+    def one(k):
+        return engine.measure_item(net, (4, 8), jnp.float32, k, None, None,
+                                   engine.Plan(("cosine_similarity",)))["cosine_similarity"].value
+
+    ref = jax.jit(jax.vmap(one))(keys)
+    np.testing.assert_allclose(res.cosine_similarity, ref, rtol=1e-6)

@@ -96,6 +96,12 @@ def _measure(model, variables, x, label_key):
 _jit_measure = jax.jit(_measure, static_argnums=0)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _jit_records(model, variables, x, label_key):
+    net = engine.linen_network(model, jax.ShapeDtypeStruct(x.shape, x.dtype), None)
+    return net.measure(variables, x, label_key, _PLAN)
+
+
 def _measured(model, variables, x):
     acts, g = _jit_measure(model, variables, x, jax.random.key(7))
     return np.asarray(acts), np.asarray(g)
@@ -304,7 +310,9 @@ def test_remat_keeps_less_for_the_backward_pass():
     for remat in (False, True):
         model = sigprop.mlp(24, 256, norm="batchnorm", remat=remat)
         variables = model.init(jax.random.key(5), x)
-        compiled = _jit_measure.lower(model, variables, x, jax.random.key(6)).compile()
+        # the network's forward + backward and its records (the spectral step, the same for
+        # both, is left out: its float64 workspace would dilute the comparison)
+        compiled = _jit_records.lower(model, variables, x, jax.random.key(6)).compile()
         sizes[remat] = compiled.memory_analysis().temp_size_in_bytes
     assert sizes[True] < 0.75 * sizes[False], sizes
 

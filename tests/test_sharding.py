@@ -24,7 +24,7 @@ import sigprop
 from sigprop import devices
 from sigprop.sweep import sweep
 
-sw, an = sys.modules["sigprop.sweep"], sys.modules["sigprop.analyze"]
+sw, an, core = (sys.modules[f"sigprop.{m}"] for m in ("sweep", "analyze", "engine"))
 out_npz, out_json = sys.argv[1], sys.argv[2]
 
 
@@ -35,28 +35,41 @@ def scaled(depth, width, eps):
 model = sigprop.mlp(2, 8, norm="layernorm", n_classes=10)
 arrays = {}
 res = sigprop.analyze(model, (8, 8), seeds=3, key=2)
-for f, v in res._arrays().items():
+for f, v in res.items():
     arrays["analyze/" + f] = v
 grid = {"depth": [2], "width": [8], "eps": [1e-5, 0.1, 1.0]}  # traced: 3 x 3 = 9 items
+before = core._core._cache_size()
 points = sweep(scaled, grid, (8, 8), seeds=3, key=2, progress=False)
+traces = core._core._cache_size() - before
 points += sweep(sigprop.mlp, {"depth": [2], "width": [8], "norm": ["layernorm"],
                               "n_classes": [10]}, (8, 8), seeds=3, key=2, progress=False)
 for i, p in enumerate(points):
-    for f, v in p.metrics._arrays().items():
+    for f, v in p.metrics.items():
         arrays[f"sweep{i}/" + f] = v
 np.savez(out_npz, **arrays)
 
 # the programs' outputs before they reach the host (both calls hit the jit caches above)
 m = devices.mesh()
-keys = an._seed_keys(jax.random.key(2), 3)
-flat = jax.random.wrap_key_data(np.tile(np.asarray(jax.random.key_data(keys)), (3, 1)))
+plan = an.make_plan(None, None, False, None)
+abstract = jax.ShapeDtypeStruct((8, 8), np.float32)
+common = dict(shape=(8, 8), dtype=jax.numpy.float32, x=None, variables=None, plan=plan,
+              precision="highest", impl="threefry2x32")
+keys = core.seed_keys(jax.random.key(2), 3)
+n9 = devices.padded_size(9, m)
+flat = np.tile(np.asarray(jax.random.key_data(keys)), (3, 1))
+flat = np.concatenate([flat, np.repeat(flat[-1:], n9 - 9, axis=0)])
 values = np.repeat(np.array([[1e-5], [0.1], [1.0]], np.float32), 3, axis=0)
+values = np.concatenate([values, np.repeat(values[-1:], n9 - 9, axis=0)])
 make = sw._Traced(scaled, {"depth": 2, "width": 8}, ("eps",))
-swept = sw.run_values(make, (8, 8), flat, values, None, host=False)["acts"]
-data = np.asarray(jax.random.key_data(an._seed_keys(jax.random.key(2), devices.padded_size(3, m))))
-analyzed = an._run(model, (8, 8), devices.shard_leading(data, m), None, "highest")["acts"]
-info = dict(devices=jax.device_count(),
-            traces=sw._run_values._cache_size(),
+swept = core._core(net=core.linen_network(scaled(2, 8, 1e-5), abstract, None), make=make,
+                   keys=devices.shard_leading(flat, m), values=devices.shard_leading(values, m),
+                   **common)["cosine_similarity"].value
+data = np.asarray(jax.random.key_data(core.seed_keys(jax.random.key(2), devices.padded_size(3, m))))
+analyzed = core._core(net=core.linen_network(model, abstract, None), make=None,
+                      keys=devices.shard_leading(data, m), values=None,
+                      **common)["cosine_similarity"].value
+info = dict(devices=jax.device_count(), traces=traces,
+            cached=core._core._cache_size(),
             **{name: dict(shape=list(a.shape), spec=str(a.sharding.spec),
                           shards=sorted([s.device.id, s.data.shape[0]]
                                         for s in a.addressable_shards))
@@ -112,6 +125,9 @@ def test_4_devices_give_the_numbers_of_1(runs):
 
 def test_the_sweep_group_ran_as_one_traced_program(runs):
     assert runs[1][1]["traces"] == 1 and runs[4][1]["traces"] == 1
+    # the direct calls above hit the programs analyze and sweep compiled: analyze's (shared by
+    # the sweep's static point) and the value group's
+    assert runs[1][1]["cached"] == 2 and runs[4][1]["cached"] == 2
 
 
 @pytest.mark.parametrize("name, items", [("sweep", 9), ("analyze", 3)])

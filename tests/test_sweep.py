@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import jax
@@ -24,6 +23,7 @@ from sigprop.results import LayerMetrics, equal, from_arrays
 from sigprop.sweep import Point, expand_grid, load_sweep, sweep
 
 engine = sys.modules["sigprop.sweep"]
+core = sys.modules["sigprop.engine"]
 SHAPE = (8, 8)
 EPS = [1e-5, 1e-3, 0.1, 1.0]
 TRACED = []  # eps values seen as tracers by `scaled` (one entry per trace)
@@ -138,11 +138,11 @@ def test_a_point_equals_analyze_with_the_same_key(capsys):
 
 def test_float_values_ride_one_compile_and_match_analyze():
     TRACED.clear()
-    before = engine._run_values._cache_size()
+    before = core._core._cache_size()
     grid = {"depth": [2], "width": [8], "eps": EPS}
     points = sweep(scaled, grid, SHAPE, seeds=3, key=1, progress=False)
     assert len(TRACED) == 1  # the builder was traced once for the 4 values x 3 seeds
-    assert engine._run_values._cache_size() == before + 1
+    assert core._core._cache_size() == before + 1
     assert [p.config["eps"] for p in points] == EPS
     for i in (0, 3):  # traced eps vs analyze's program with eps a constant: float rounding
         assert_same(points[i].metrics, sigprop.analyze(model(eps=EPS[i]), SHAPE, seeds=3, key=1),
@@ -150,8 +150,9 @@ def test_float_values_ride_one_compile_and_match_analyze():
     var = np.asarray([p.metrics.activation_variance for p in points])
     assert np.all(var[3] < 0.9 * var[0])  # eps = 1 shrinks LayerNorm's output
 
+    compiled = core._core._cache_size()  # (the analyze calls above compiled their own)
     again = sweep(scaled, grid, SHAPE, seeds=3, key=1, progress=False)  # nothing recompiles
-    assert len(TRACED) == 1 and engine._run_values._cache_size() == before + 1
+    assert len(TRACED) == 1 and core._core._cache_size() == compiled
     for a, b in zip(points, again):
         assert equal(a.metrics, b.metrics)
 
@@ -167,8 +168,8 @@ def test_untraceable_builder_falls_back_to_one_program_per_value(caplog):
 
 def test_equal_models_are_computed_once(monkeypatch):
     calls = []
-    run = engine.run_sharded
-    monkeypatch.setattr(engine, "run_sharded", lambda *a, **k: calls.append(a[0]) or run(*a, **k))
+    run = core.execute
+    monkeypatch.setattr(core, "execute", lambda *a, **k: calls.append(a[0]) or run(*a, **k))
     points = sweep(labelled, {"depth": [2], "width": [8], "label": ["a", "b", "c"]}, SHAPE,
                    seeds=3, progress=False)
     assert len(calls) == 1

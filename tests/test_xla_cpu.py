@@ -12,7 +12,7 @@ import pytest
 import sigprop
 from sigprop import xla_cpu
 
-engine = importlib.import_module("sigprop.analyze")
+engine = importlib.import_module("sigprop.engine")
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU lowering")
 
@@ -63,12 +63,19 @@ def test_analyze_numbers_do_not_depend_on_the_lowering():
     """``analyze``'s jitted core (lowered with the straight-line form) against the same function
     lowered with jax's own CPU form: equal arrays, bit for bit."""
     model, shape = sigprop.mlp(3, 16, norm="batchnorm"), (8, 16)
-    keys = engine._seed_keys(jax.random.key(0), 2)
+    keys = jax.random.key_data(engine.seed_keys(jax.random.key(0), 2))
+    net = engine.linen_network(model, jax.ShapeDtypeStruct(shape, jnp.float32), None)
+    args = dict(net=net, make=None, shape=shape, dtype=jnp.float32, keys=keys, x=None,
+                variables=None, values=None, plan=engine.Plan(("cosine_similarity",
+                                                                 "effective_rank", "grad_norm")),
+                precision="highest", impl="threefry2x32")
     jax.clear_caches()
-    fast = engine._run(model, shape, keys, None, "highest")
+    fast = engine._core(**args)
     jax.clear_caches()
-    plain = engine._run._jitted(model, shape, keys, None, "highest")  # jax's rolled loop
+    plain = engine._core._jitted(**args)  # jax's rolled loop
     jax.clear_caches()
     for k in fast:
-        np.testing.assert_array_equal(np.asarray(fast[k]), np.asarray(plain[k]))
-    assert set(fast) == {"acts", "grads"} and jnp.all(jnp.isfinite(fast["acts"]))
+        np.testing.assert_array_equal(np.asarray(fast[k].value), np.asarray(plain[k].value))
+    assert set(fast) == {"cosine_similarity", "effective_rank", "grad_norm", "finite",
+                         "grad_finite"}
+    assert jnp.all(jnp.isfinite(fast["effective_rank"].value))

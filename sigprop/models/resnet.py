@@ -119,7 +119,7 @@ class ResNet(nn.Module):
 
     def _plan(self):
         """``[(stage, first block, count, block kwargs)]``: each entry one module or stack."""
-        plan, cin = [], self.stem_width
+        plan, cin, widths_in = [], self.stem_width, []  # widths_in: each run's input width
         for s, (width, blocks, stride) in enumerate(self.stages, start=1):
             for b in range(blocks):
                 st = stride if b == 0 else 1
@@ -130,10 +130,14 @@ class ResNet(nn.Module):
                 else:
                     sc = "identity"
                 kw = dict(features=width, stride=st, shortcut=sc)
-                if plan and plan[-1][0] == s and plan[-1][3] == kw:
+                # a stack's blocks map width -> width: the block that changes the width (also
+                # without a shortcut, skip=False) starts a new run
+                if plan and plan[-1][0] == s and plan[-1][3] == kw and widths_in[-1] == width \
+                        and cin == width:
                     plan[-1] = (s, plan[-1][1], plan[-1][2] + 1, kw)
                 else:
                     plan.append((s, b, 1, kw))
+                    widths_in.append(cin)
                 cin = width
         return plan
 

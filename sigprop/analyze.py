@@ -6,6 +6,7 @@ The boundary of the engine (:mod:`sigprop.engine`): arguments are checked here, 
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Callable
 
@@ -172,6 +173,12 @@ def _linen_variables(net, variables, seeds: int, x_abstract):
     return given
 
 
+@functools.lru_cache(maxsize=256)
+def _linen_network(model, x_abstract, taps, apply_kwargs):
+    """:func:`sigprop.engine.linen_network`, traced once per model, input shape and taps."""
+    return engine.linen_network(model, x_abstract, taps, apply_kwargs)
+
+
 def network(model, x_abstract, taps, apply_kwargs=()):
     """The engine's network for ``model`` (see :func:`analyze`); returns ``(net, state of an
     nnx instance or None)``."""
@@ -179,7 +186,10 @@ def network(model, x_abstract, taps, apply_kwargs=()):
         raise ValueError(f"taps={taps!r} must be sigprop.Taps(activations=..., gradients=...) "
                          "or None")
     if isinstance(model, nn.Module):
-        return engine.linen_network(model, x_abstract, taps, apply_kwargs), None
+        try:
+            return _linen_network(model, x_abstract, taps, apply_kwargs), None
+        except TypeError:  # an unhashable module (e.g. a list attribute): not cached
+            return engine.linen_network(model, x_abstract, taps, apply_kwargs), None
     if isinstance(model, nnx.Module) or callable(model):
         return engine.nnx_network(model, x_abstract, taps, apply_kwargs)
     raise ValueError(f"model={model!r}: expected a sigprop zoo model, a flax.linen.Module, a "

@@ -558,8 +558,8 @@ def execute(net, shape, dtype, keys, x, variables, plan: Plan, precision="highes
     device count (extra items repeat the last one: computed, then dropped) and sharded over
     ``mesh`` (default: every device). Returns ``{name: Named(names, numpy [n, layers])}``.
 
-    The per-item function is first traced abstractly (``jax.eval_shape``), so a bad loss or a
-    model without taps is a ``ValueError`` before anything compiles."""
+    jit traces before it compiles, so a bad loss or a model without taps is a ``ValueError``
+    raised by the trace, before anything compiles."""
     m = devices.mesh() if mesh is None else mesh
     n = keys.shape[0]
     impl = str(jax.random.key_impl(keys))
@@ -567,12 +567,6 @@ def execute(net, shape, dtype, keys, x, variables, plan: Plan, precision="highes
     padded = devices.padded_size(n, m)
     args = dict(net=net, make=make, shape=shape, dtype=dtype, plan=plan, precision=precision,
                 impl=impl)
-    abstract = lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype)  # noqa: E731
-    one = lambda t: None if t is None else jax.tree_util.tree_map(  # noqa: E731
-        lambda a: abstract(np.asarray(a)[:1]), t)
-    jax.eval_shape(lambda k, xx, v, vals: _core_fn(keys=k, x=xx, variables=v, values=vals,
-                                                   **args),
-                   one(data), None if x is None else abstract(x), one(variables), one(values))
     data = _pad(data, n, padded)
     variables = None if variables is None else jax.tree_util.tree_map(
         lambda a: devices.shard_leading(a, m), _pad(variables, n, padded))

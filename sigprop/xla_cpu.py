@@ -8,8 +8,12 @@ straight-line form: the same bits, bit for bit (tests/test_xla_cpu.py), only fas
 sigprop's jitted entry points (``analyze``, ``sweep``) lower inside it; other code lowers as
 jax does (except another thread's, lowering at the same moment: the same bits either way).
 
-This swaps a private jax lowering table entry for the duration of the context (guarded: where
-jax's internals differ, the context does nothing).
+This swaps a private jax lowering table entry for the duration of the context. It is
+version-gated (:data:`TESTED_JAX`, the jax versions it was checked on) and guarded: on another
+jax version, or where jax's internals differ, the context does nothing, and
+``tests/test_xla_cpu.py::test_swap_is_available_here`` fails, so a silent no-op is noticed.
+Measured gain (jax 0.10.2, 2-core CPU): 13M normals in 54 ms instead of 178 ms; a 1024 x 1024
+He-normal kernel 3.1 ms instead of 5.5-7.4 ms.
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+
+import jax
+
+TESTED_JAX = ((0, 10), (0, 10))  # first and last (major, minor) checked bit for bit
 
 _lock = threading.Lock()
 _depth = 0
@@ -27,6 +35,8 @@ _saved = None
 def _threefry_swap():
     """``(cpu lowering table, threefry2x32 primitive, straight-line rule entry)``, or None where
     jax's internals are not as expected."""
+    if not TESTED_JAX[0] <= tuple(jax.__version_info__[:2]) <= TESTED_JAX[1]:
+        return None
     try:
         from jax._src.interpreters import mlir
         from jax._src.random import threefry2x32 as tf

@@ -6,12 +6,13 @@ The default run covers the MLP claims (5, 6, 9, 10: about a minute); the whole q
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
 import importlib
 
-from sigprop import cli, theory
+from sigprop import cli
 
 V = importlib.import_module("sigprop.validate")  # sigprop.validate is the function
 
@@ -62,10 +63,20 @@ def test_quick_validate_passes_every_claim(report):
 def test_arccos_map_through_wide_relu_mlp(mlp_report):
     c = mlp_report[2][9]["measured"]
     assert "width 1024" in mlp_report[2][9]["setting"]
-    measured, predicted = np.array(c["cosine_measured"]), np.array(c["cosine_theory"])
-    assert np.max(np.abs(measured - predicted)) <= 0.03
-    # the theory curve is the closed form itself: start near 1/pi for orthogonal-ish inputs
-    assert abs(predicted[0] - theory.relu_correlation_map(0.0)) < 0.02
+    measured = np.array(c["cosine_measured"])
+    # the arc-cosine map (Cho & Saul) written out here, applied layer by layer to every pair's
+    # input cosine of the claim's batch (N(0, 1), key 9), then averaged over pairs
+    s = V.QUICK
+    x = np.asarray(jax.random.normal(jax.random.key(9), (s.arccos_batch, s.wide)), np.float64)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    c_l = np.clip((xn @ xn.T)[~np.eye(len(x), dtype=bool)], -1, 1)
+    want = []
+    for _ in range(s.arccos_depth):
+        c_l = np.clip((np.sqrt(1 - c_l ** 2) + (np.pi - np.arccos(c_l)) * c_l) / np.pi, -1, 1)
+        want.append(c_l.mean())
+    np.testing.assert_allclose(c["cosine_theory"], want, rtol=1e-6)
+    assert np.max(np.abs(measured - np.array(want))) <= 0.03
+    assert abs(want[0] - 1 / np.pi) < 0.02  # nearly orthogonal inputs: 1/pi after one layer
 
 
 def test_batchnorm_gradient_rate_within_5_percent(mlp_report):

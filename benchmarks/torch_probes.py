@@ -124,30 +124,43 @@ def resnet56(n_classes: int = 100) -> ResNet:
 # Metrics (NCHW; M = the batch flattened to [B, D], M_hat its unit rows, G = M_hat M_hat^T)
 
 
-def activation_metrics(x: torch.Tensor) -> list[float]:
-    """The five :data:`ACT_METRICS` of one activation, each synced to the host with ``.item()``.
+# [BB]'s own set: variance, cosine similarity, stable rank (and gradient norms)
+BB_METRICS = ("activation_variance", "cosine_similarity", "stable_rank")
+
+
+def activation_metrics(x: torch.Tensor, which=ACT_METRICS) -> list[float]:
+    """The :data:`ACT_METRICS` of one activation, each synced to the host with ``.item()``;
+    those not in ``which`` are NaN (not computed).
 
     Variance is the biased one (as sigprop; [BB] used torch's unbiased ``var``). Column order of
     ``M`` (NCHW here, NHWC in sigprop) does not change any of these."""
     b = x.shape[0]
-    var = x.var(dim=(0, 2, 3), unbiased=False).mean().item()
-    sq_mean = x.mean(dim=(0, 2, 3)).square().mean().item()
+    out = dict.fromkeys(ACT_METRICS, float("nan"))
+    if "activation_variance" in which:
+        out["activation_variance"] = x.var(dim=(0, 2, 3), unbiased=False).mean().item()
+    if "channel_squared_mean" in which:
+        out["channel_squared_mean"] = x.mean(dim=(0, 2, 3)).square().mean().item()
     m = x.reshape(b, -1)
-    m_hat = m / m.norm(dim=1, keepdim=True).clamp_min(torch.finfo(m.dtype).tiny)
-    g = m_hat @ m_hat.T
-    cos = ((g.sum(dim=1) - g.diagonal()) / (b - 1)).mean().item()
-    stable = (g.trace() / torch.linalg.matrix_norm(g, ord=2)).item()
-    sigma = torch.linalg.svdvals(m)
-    p = sigma / sigma.sum()
-    p = p[p > 0]
-    eff = torch.exp(-(p * p.log()).sum()).item()
-    return [var, sq_mean, cos, stable, eff]
+    if {"cosine_similarity", "stable_rank"} & set(which):
+        m_hat = m / m.norm(dim=1, keepdim=True).clamp_min(torch.finfo(m.dtype).tiny)
+        g = m_hat @ m_hat.T
+        if "cosine_similarity" in which:
+            out["cosine_similarity"] = ((g.sum(dim=1) - g.diagonal()) / (b - 1)).mean().item()
+        if "stable_rank" in which:
+            out["stable_rank"] = (g.trace() / torch.linalg.matrix_norm(g, ord=2)).item()
+    if "effective_rank" in which:
+        sigma = torch.linalg.svdvals(m)
+        p = sigma / sigma.sum()
+        p = p[p > 0]
+        out["effective_rank"] = torch.exp(-(p * p.log()).sum()).item()
+    return [out[k] for k in ACT_METRICS]
 
 
 class Probes:
     """Hooks on ``model``: ``acts[name]`` (five floats) and ``grads[name]`` (a float) per pass."""
 
-    def __init__(self, model: ResNet):
+    def __init__(self, model: ResNet, which=ACT_METRICS):
+        self.which = tuple(which)
         self.act_names = [n for n, _ in model.act_points()]
         self.grad_names = [n for n, _ in model.grad_points()]
         self.acts: dict[str, list[float]] = {}
@@ -157,7 +170,7 @@ class Probes:
 
     def _act_hook(self, name):
         def hook(module, inputs, output):
-            self.acts[name] = activation_metrics(output.detach())
+            self.acts[name] = activation_metrics(output.detach(), self.which)
         return hook
 
     def _conv_hook(self, name):
@@ -249,5 +262,5 @@ def relative_deviation(a, b) -> np.ndarray:
     return np.abs(a - b) / np.maximum(np.abs(b), 1e-12)
 
 
-__all__ = ["ACT_METRICS", "BasicBlock", "Probes", "ResNet", "activation_metrics", "analyze",
+__all__ = ["ACT_METRICS", "BB_METRICS", "BasicBlock", "Probes", "ResNet", "activation_metrics", "analyze",
            "load_sigprop_params", "nhwc_to_nchw", "relative_deviation", "resnet56"]

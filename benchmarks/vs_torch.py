@@ -5,13 +5,16 @@ Times, in one run, interleaved, median of ``--repeats`` after warm-up, batch ``-
 - torch (a): benchmarks/torch_probes.py, one forward + one backward with every hook, parameters
   trainable as in [BB]'s ``loss.backward()`` (weight gradients computed too);
 - torch (a'): the same with frozen parameters, differentiating w.r.t. the input only;
-- sigprop (b): the jitted internals of ``sigprop.analyze(model, x, seeds=1)``
-  (``sigprop.analyze._run``: init, forward with activation taps, backward with gradient taps),
-  execution only;
+- sigprop (b): the compiled core of ``sigprop.analyze(model, x, seeds=1)``
+  (``sigprop.engine._core``: init, forward with activation taps, backward with gradient taps,
+  the spectral step), execution only;
+- torch (a-bb), (a'-bb), sigprop (b-bb): the same on [BB]'s metric set only (variance, cosine
+  similarity, stable rank, gradient norms: ``analyze(..., metrics=...)``), equal sets on both
+  sides;
 - sigprop (c): the same network and weights, a bare jitted forward + backward (gradient of the
-  loss w.r.t. the input) with the activation taps switched off (``sigprop.probe.observe_act``
-  replaced by the identity while tracing); the gradient taps stay, their norms unused (so dropped
-  by XLA). No init inside: (b) - (c) also holds the He-normal init of one network;
+  loss w.r.t. the input) with only the params passed (no tap collection mutable, no probes:
+  every tap is the identity). No init inside: (b) - (c) also holds the He-normal init of one
+  network;
 - torch (d): the bare forward + backward of (c) in torch (no hooks, input gradient only).
 
 Prints the ratios torch / sigprop and the metrics overhead (b) / (c), each the median of the
@@ -29,7 +32,6 @@ torch's spinning OpenMP threads, 2 threads on a shared 2-core machine ran 3-20x 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import functools
 import importlib
@@ -42,13 +44,13 @@ import time
 _HERE = pathlib.Path(__file__).resolve().parent
 
 MODELS = ("resnet56",)
-jax = jnp = np = optax = torch = sigprop = probe = tp = _analyze = None  # imported by _imports()
+jax = jnp = np = optax = torch = sigprop = engine = tp = _analyze = None  # set by _imports()
 
 
 def _imports(cores):
     """Pin the process to ``cores`` CPUs, then import jax and torch (both size their thread pools
     from the affinity mask when they start)."""
-    global jax, jnp, np, optax, torch, sigprop, probe, tp, _analyze
+    global jax, jnp, np, optax, torch, sigprop, engine, tp, _analyze
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
     # torch's OpenMP threads spin while they wait; on a shared machine (and next to XLA's pool)
     # that made 2 threads 3-20x slower than 1 (svdvals 1.1 s vs 0.06 s). PASSIVE: they sleep.
@@ -60,7 +62,7 @@ def _imports(cores):
     import torch
 
     import sigprop
-    from sigprop import probe
+    from sigprop import engine
 
     sys.path.insert(0, str(_HERE))
     import torch_probes as tp
@@ -72,17 +74,6 @@ def _imports(cores):
 def _models(name):
     assert name == "resnet56"
     return sigprop.resnet56(norm="batchnorm"), tp.resnet56()
-
-
-@contextlib.contextmanager
-def _no_activation_taps():
-    """Activation taps are the identity while models are traced inside the block."""
-    saved = probe.observe_act
-    probe.observe_act = lambda module, x: x
-    try:
-        yield
-    finally:
-        probe.observe_act = saved
 
 
 def _bare_forward_backward(model):
@@ -102,11 +93,23 @@ def _bare_forward_backward(model):
     return run
 
 
+BB = ("activation_variance", "cosine_similarity", "stable_rank", "grad_norm")
+
+
+def _core(model, shape, keys, x, metrics=None):
+    """``() -> outputs`` of the compiled core of ``analyze(model, x, seeds=1, metrics=...)``."""
+    net, _ = _analyze.network(model, jax.ShapeDtypeStruct(shape, jnp.float32), None)
+    args = dict(net=net, make=None, shape=shape, dtype=jnp.float32,
+                keys=jax.random.key_data(keys), x=x, variables=None, values=None,
+                plan=_analyze.make_plan(metrics, None, False, None), precision="highest",
+                impl=str(jax.random.key_impl(keys)))
+    return lambda: jax.block_until_ready(engine._core(**args))
+
+
 def _unpack(out):
-    """``(acts [seeds, L, 6], grads [seeds, G, 2])`` from ``_run``'s tuple or dict."""
-    if isinstance(out, dict):
-        return out["acts"], out["grads"]
-    return out
+    """``(acts [L, 5], grads [G])`` of seed 0 from the core's outputs."""
+    acts = np.stack([np.asarray(out[m].value)[0] for m in tp.ACT_METRICS], -1)
+    return acts, np.asarray(out["grad_norm"].value)[0]
 
 
 def _timed(fn):
@@ -146,37 +149,42 @@ def main(argv=None):
     # the input and the keys of analyze(model, x, seeds=1, key=0)
     x = jax.random.normal(jax.random.key(1234), (args.batch, 32, 32, 3), jnp.float32)
     shape = tuple(x.shape)
-    keys = _analyze._seed_keys(jax.random.key(0), 1)
+    keys = engine.seed_keys(jax.random.key(0), 1)
     _, k_run = jax.random.split(keys[0])
-    k_init, k_label = jax.random.split(k_run)  # what _one_seed / forward_backward use
+    k_init, k_label = jax.random.split(k_run)  # what engine.measure_item uses
 
     # (b) sigprop, compile
-    def run_b():
-        return jax.block_until_ready(_analyze._run(model, shape, keys, x, "highest"))
-
+    run_b = _core(model, shape, keys, x)
     t_first_b = _timed(run_b)
-    acts, grads = (np.asarray(a)[0] for a in _unpack(run_b()))
+    acts, grads = _unpack(run_b())
+    run_b_bb = _core(model, shape, keys, x, BB)
+    run_b_bb()
 
-    # (c) bare forward + backward, same weights
+    # (c) bare forward + backward, same weights, only the params: every tap an identity
     variables = jax.block_until_ready(jax.jit(model.init)(k_init, x))
+    params = {"params": variables["params"]}
     bare = _bare_forward_backward(model)
-    with _no_activation_taps():
-        t_first_c = _timed(lambda: jax.block_until_ready(bare(variables, x, k_label)))
+    t_first_c = _timed(lambda: jax.block_until_ready(bare(params, x, k_label)))
 
     def run_c():
-        return jax.block_until_ready(bare(variables, x, k_label))
+        return jax.block_until_ready(bare(params, x, k_label))
 
     # torch, same weights, input and labels
     net = tp.load_sigprop_params(net, variables["params"])
     bare_net = copy.deepcopy(net)  # no hooks
     probes = tp.Probes(net)
-    assert probes.act_names == list(model.layer_names), "activation tap placement differs"
-    assert probes.grad_names == list(model.grad_layer_names), "gradient tap placement differs"
+    names = sigprop.layer_names(model, shape)
+    assert probes.act_names == list(names["layer"]), "activation tap placement differs"
+    assert probes.grad_names == list(names["grad_layer"]), "gradient tap placement differs"
+    bb_net = copy.deepcopy(net)
+    bb_probes = tp.Probes(bb_net, tp.BB_METRICS)
     xt = tp.nhwc_to_nchw(x)
     labels = torch.from_numpy(np.array(jax.random.randint(k_label, (args.batch,), 0,
                                                           model.n_classes), dtype=np.int64))
     run_a = functools.partial(tp.analyze, net, probes, xt, labels, True)
     run_a2 = functools.partial(tp.analyze, net, probes, xt, labels, False)
+    run_a_bb = functools.partial(tp.analyze, bb_net, bb_probes, xt, labels, True)
+    run_a2_bb = functools.partial(tp.analyze, bb_net, bb_probes, xt, labels, False)
 
     def run_d():
         for q in bare_net.parameters():
@@ -199,12 +207,13 @@ def main(argv=None):
           f"activation layers x 5 metrics, {len(grads)} gradient layers): max relative deviation")
     for label, fn in (("a", run_a), ("a'", run_a2)):
         t_acts, t_grads = fn()
-        print(f"  torch ({label}) vs sigprop: {deviations(t_acts, t_grads, acts, grads[:, 0])}")
-    print(f"  sigprop vs torch float64: {deviations(acts, grads[:, 0], ref_acts, ref_grads)}")
+        print(f"  torch ({label}) vs sigprop: {deviations(t_acts, t_grads, acts, grads)}")
+    print(f"  sigprop vs torch float64: {deviations(acts, grads, ref_acts, ref_grads)}")
     print(f"  torch (a') vs torch float64: {deviations(t_acts, t_grads, ref_acts, ref_grads)}")
 
     fns = {"torch (a)": run_a, "torch (a')": run_a2, "sigprop (b)": run_b, "sigprop (c)": run_c,
-           "torch (d)": run_d}
+           "torch (d)": run_d, "torch (a-bb)": run_a_bb, "torch (a'-bb)": run_a2_bb,
+           "sigprop (b-bb)": run_b_bb}
     for _ in range(args.warmup):
         for fn in fns.values():
             fn()
@@ -226,15 +235,18 @@ def main(argv=None):
     for k, v in times.items():
         print(f"  {k:<12} {med[k]:8.3f}  ({min(v):.3f}-{max(v):.3f})  cpu {statistics.median(cpu[k]):8.3f}")
     print("\nratios, median of per-repeat ratios: wall (CPU time)")
-    a, a2, b, c, d = order
+    a, a2, b, c, d, abb, a2bb, bbb = order
     for label, num, den in ((f"{a} / {b}", a, b), (f"{a2} / {b}", a2, b),
+                            (f"[BB] set: {abb} / {bbb}", abb, bbb),
+                            (f"[BB] set: {a2bb} / {bbb}", a2bb, bbb),
+                            (f"[BB] set: metrics overhead {bbb} / {c}", bbb, c),
                             (f"metrics overhead {b} / {c}", b, c),
                             (f"metrics overhead {a2} / {d}", a2, d),
                             (f"bare forward + backward {d} / {c}", d, c),
                             (f"weight gradients in torch, {a} / {a2}", a, a2)):
         print(f"  {label}: {ratio(num, den):.2f} ({ratio(num, den, cpu):.2f})")
     print("\nsigprop compile (first call minus median steady call):")
-    print(f"  (b) analyze internals: {t_first_b - med['sigprop (b)']:.1f} s "
+    print(f"  (b) analyze's core:   {t_first_b - med['sigprop (b)']:.1f} s "
           f"(first call {t_first_b:.1f} s)")
     print(f"  (c) bare fwd+bwd:      {t_first_c - med['sigprop (c)']:.1f} s "
           f"(first call {t_first_c:.1f} s)")

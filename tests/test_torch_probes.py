@@ -5,7 +5,6 @@ every layer must agree to float32 accuracy. torch is an optional extra (``pip in
 so this module is skipped without it.
 """
 
-import functools
 import importlib
 import importlib.util
 import pathlib
@@ -14,7 +13,9 @@ import jax
 import numpy as np
 import pytest
 
-from sigprop import probe
+import optax
+
+import sigprop
 from sigprop.models.resnet import resnet
 
 torch = pytest.importorskip("torch")
@@ -23,8 +24,6 @@ _PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "torch_prob
 _spec = importlib.util.spec_from_file_location("torch_probes", _PATH)
 tp = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tp)
-
-measure = importlib.import_module("sigprop.analyze").measure  # the module, not the function
 
 RTOL = 1e-4  # float32; measured max deviation 2e-6 (gradient norms), 5e-7 (activation metrics)
 
@@ -39,23 +38,26 @@ def sigprop_run():
     k_x, k_init, k_label = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(k_x, (BATCH, 16, 16, 3))
     variables = jax.jit(model.init)(k_init, x)
-    with jax.default_matmul_precision("highest"):
-        taps, probe_grads = jax.jit(functools.partial(measure, model))(variables, x, k_label)
-    _, acts = probe.ordered(probe.act_values(taps), model.layer_names, "activation taps")
-    _, grads = probe.ordered(probe.grad_values(probe_grads), model.grad_layer_names, "grad taps")
-    labels = jax.random.randint(k_label, (BATCH,), 0, model.n_classes)  # as measure() draws them
-    return model, variables, x, labels, np.asarray(acts), np.asarray(grads)
+    labels = jax.random.randint(k_label, (BATCH,), 0, model.n_classes)
+
+    def loss(logits, key):  # fixed labels, the same in torch
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    res = sigprop.analyze(model, x, variables={"params": variables["params"]}, loss=loss)
+    acts = np.stack([res[m][0] for m in tp.ACT_METRICS] + [res.finite[0]], -1)
+    grads = np.stack([res.grad_norm[0], res.grad_finite[0]], -1)
+    return model, res, variables, x, labels, acts, grads
 
 
 @pytest.mark.parametrize("param_grads", [True, False])
 def test_torch_probes_match_sigprop(sigprop_run, param_grads):
-    model, variables, x, labels, acts, grads = sigprop_run
+    model, res, variables, x, labels, acts, grads = sigprop_run
     assert acts[:, -1].all() and grads[:, 1].all()  # finite flags
 
     net = tp.load_sigprop_params(tp.ResNet(BLOCKS, WIDTHS, model.n_classes), variables["params"])
     probes = tp.Probes(net)
-    assert probes.act_names == list(model.layer_names)
-    assert probes.grad_names == list(model.grad_layer_names)
+    assert probes.act_names == list(res.layer_names)
+    assert probes.grad_names == list(res.grad_layer_names)
     t_acts, t_grads = tp.analyze(net, probes, tp.nhwc_to_nchw(x),
                                  torch.from_numpy(np.array(labels, dtype=np.int64)), param_grads)
 

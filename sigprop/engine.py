@@ -195,25 +195,31 @@ class LinenNet(_ByValueOrIdentity):
         with self._intercept():
             return self.module.apply(variables, x, mutable=mutable, **dict(self.apply_kwargs))
 
-    def measure(self, variables, x, label_key, plan: Plan) -> dict:
-        order = _order_fn(self.order)
+    def _pass(self, variables, x, label_key, plan: Plan, collections, probe_collection):
+        """One forward (recording ``collections``) and, with ``probe_collection``, one backward
+        w.r.t. the zero probes passed under that name. Returns ``(state, probe gradients)``."""
         rest = {c: v for c, v in variables.items() if c not in (probe.PROBES, probe.PAIR_PROBES)}
-        state_cols = [c for c in rest if c not in ("params", KERNEL_KEYS)]
-        tap_cols = [probe.NEED_COLLECTIONS[n] for n in plan.act_needs]
-        mutable = state_cols + tap_cols + [probe.LOSSES]
-        probes = variables.get(probe.PROBES, {})
+        mutable = [c for c in rest if c not in ("params", KERNEL_KEYS)]  # e.g. batch_stats
+        mutable += list(collections) + [probe.LOSSES]
 
         def loss_fn(pr):
-            v = {**rest, probe.PROBES: pr} if plan.backward else rest
+            v = rest if probe_collection is None else {**rest, probe_collection: pr}
             out, state = self._apply(v, x, mutable)
             return _loss_value(plan, out, label_key, state.get(probe.LOSSES, {})), state
 
-        if plan.backward:
-            probe_grads, state = jax.grad(loss_fn, has_aux=True)(probes)
-        else:
-            probe_grads, state = {}, loss_fn(probes)[1]
+        probes = variables.get(probe.PROBES, {})
+        if probe_collection is None:
+            return loss_fn(probes)[1], {}
+        grads, state = jax.grad(loss_fn, has_aux=True)(probes)
+        return state, grads
+
+    def measure(self, variables, x, label_key, plan: Plan) -> dict:
+        order = _order_fn(self.order)
+        state, grads = self._pass(variables, x, label_key, plan,
+                                  [probe.NEED_COLLECTIONS[n] for n in plan.act_needs],
+                                  probe.PROBES if plan.backward else None)
         out = {}
-        if plan.act_needs & {metrics.MOMENTS}:
+        if metrics.MOMENTS in plan.act_needs:
             out["moments"] = _named(state.get(probe.MOMENTS, {}), probe._MOMENTS_KEY, order)
         if metrics.GRAM in plan.act_needs:
             gram = state.get(probe.GRAM, {})
@@ -222,28 +228,17 @@ class LinenNet(_ByValueOrIdentity):
         if metrics.BRANCH in plan.act_needs:
             out["branch"] = _named(state.get(probe.BRANCH, {}), probe._BRANCH_KEY, order)
         if plan.backward:
-            out["grad"] = _named(probe_grads, probe._GRAD_KEY, order)
+            out["grad"] = _named(grads, probe._GRAD_KEY, order)
         return out
 
     def pair(self, variables, xs, label_key, plan: Plan) -> dict:
         """The pair pass over ``xs = [x, x + s xi]`` (vmapped over :data:`probe.PAIR_AXIS`)."""
         order = _order_fn(self.order)
-        rest = {c: v for c, v in variables.items() if c not in (probe.PROBES, probe.PAIR_PROBES)}
-        state_cols = [c for c in rest if c not in ("params", KERNEL_KEYS)]
-        mutable = state_cols + [probe.PAIR, probe.LOSSES]
         grads = metrics.PAIR_GRAD in plan.needs
-        probes = variables.get(probe.PROBES, {})
 
         def one(x):
-            def loss_fn(pr):
-                v = {**rest, probe.PAIR_PROBES: pr} if grads else rest
-                out, state = self._apply(v, x, mutable)
-                return _loss_value(plan, out, label_key, state.get(probe.LOSSES, {})), state
-
-            if grads:
-                g, state = jax.grad(loss_fn, has_aux=True)(probes)
-            else:
-                g, state = {}, loss_fn(probes)[1]
+            state, g = self._pass(variables, x, label_key, plan, [probe.PAIR],
+                                  probe.PAIR_PROBES if grads else None)
             res = {"pair": _named(state.get(probe.PAIR, {}), probe._PAIR_KEY, order)}
             if grads:
                 res["pair_grad"] = _named(g, probe._GRAD_KEY, order)
@@ -264,7 +259,7 @@ class _null:
         return False
 
 
-def _linen_calls(module, x_abstract, apply_kwargs, key=None):
+def _linen_calls(module, x_abstract, apply_kwargs):
     """Every module call of one ``init`` + ``apply`` traced abstractly: ``[(path tuple,
     module)]`` in call-exit order (first exit of each path), and whether the model has sigprop
     taps of its own: ``(activation or branch, gradient)``."""
@@ -288,8 +283,7 @@ def _linen_calls(module, x_abstract, apply_kwargs, key=None):
             _, state = module.apply(v, x, mutable=mutable, **kw)
         return v.get(probe.PROBES, {}), state.get(probe.MOMENTS, {}), state.get(probe.BRANCH, {})
 
-    k = jax.random.key(0) if key is None else key
-    probes, moments, branch = jax.eval_shape(run, k, x_abstract)
+    probes, moments, branch = jax.eval_shape(run, jax.random.key(0), x_abstract)
     explicit = (bool(jax.tree_util.tree_leaves((moments, branch))),
                 bool(jax.tree_util.tree_leaves(probes)))
     return list(calls.items()), explicit

@@ -9,8 +9,9 @@ Two steps, so that the network never waits on LAPACK:
 1. **Record** (inside the network, at each tap; :func:`record_moments`, :func:`record_gram`):
    float32 reductions for the moments, and the ``B x B`` Gram matrix ``M M^T`` of the rows
    scaled by ``max |M|`` (no square overflows). The Gram matrix is a float32 matmul when it is
-   well conditioned (``lambda_min >= 1e-4 trace``, tested by a Cholesky factorization, one
-   small LAPACK call per seed and layer: 0.4 ms at 256 x 256); otherwise it is recomputed with float64 sums of the (exact)
+   well conditioned (``lambda_min >= 1e-4 trace``, tested by a Cholesky factorization: in jnp,
+   vectorized over seeds, for batches up to 64; else one LAPACK call per seed and layer,
+   0.4 ms at 256 x 256); otherwise it is recomputed with float64 sums of the (exact)
    float32 products and stored as a float32 pair ``hi + lo`` (``~2^-48`` relative). On a TPU
    (no float64) it is always the float32 Gram matrix.
 2. **Spectral step** (once, after the network, batched over seeds x layers; :class:`Stats`):
@@ -110,13 +111,36 @@ def _gram32(m):
 _F32_MIN_EIGEN_RATIO = 1e-4
 
 
+# up to this batch size the conditioning check is a jnp Cholesky, vectorized over seeds (its
+# n sequential steps are short); above it, LAPACK's potrf one matrix at a time (256 x 256: 0.4 ms
+# where the jnp loop took 17 ms)
+_JNP_CHOLESKY_MAX = 64
+
+
+def _positive_definite(a):
+    """Whether the symmetric ``a [n, n]`` has a Cholesky factor (every pivot > 0): an
+    unpivoted right-looking factorization in jnp."""
+    n = a.shape[-1]
+    idx = jnp.arange(n)
+
+    def step(k, carry):
+        a, ok = carry
+        d = a[k, k]
+        ok = ok & (d > 0)
+        col = jnp.where(idx > k, a[:, k] / jnp.sqrt(jnp.where(d > 0, d, 1.0)), 0.0)
+        return a - col[:, None] * col[None, :], ok
+
+    return lax.fori_loop(0, n, step, (a, jnp.array(True)))[1]
+
+
 def _well_conditioned(g):
     """``g`` is finite, not tiny, and ``lambda_min(g) >= 1e-4 trace(g)``."""
     finite = jnp.all(jnp.isfinite(g))
     g = jnp.where(finite, g, 0.0)
     tr = jnp.trace(g)
     shifted = g - (_F32_MIN_EIGEN_RATIO * tr) * jnp.eye(g.shape[0], dtype=g.dtype)
-    # LAPACK's potrf: 0.4 ms for 256 x 256 where an unrolled jnp factorization took 17 ms
+    if g.shape[-1] <= _JNP_CHOLESKY_MAX:
+        return finite & (tr > 1e-20) & _positive_definite(shifted)
     return finite & (tr > 1e-20) & jnp.all(jnp.isfinite(jnp.linalg.cholesky(shifted)))
 
 
@@ -154,10 +178,12 @@ def _gram_record_vmap(axis_size, in_batched, m):
     g = jax.vmap(_gram32)(m)
     if not _has_f64():
         return (g, jnp.zeros_like(g)), (True, True)
-    # one matrix at a time: jaxlib's CPU LAPACK kernels split a batch over XLA's intra-op pool
-    # and block a pool thread while they wait, and two such calls side by side (two layers)
-    # deadlocked a 2-thread pool (jax 0.10.2); a loop of single calls never waits on the pool
-    ok = lax.map(_well_conditioned, g)
+    if g.shape[-1] <= _JNP_CHOLESKY_MAX:
+        ok = jax.vmap(_well_conditioned)(g)
+    else:  # LAPACK one matrix at a time: jaxlib's CPU LAPACK kernels split a batch over XLA's
+        # intra-op pool and block a pool thread while they wait, and two such calls side by
+        # side (two layers) deadlocked a 2-thread pool (jax 0.10.2)
+        ok = lax.map(_well_conditioned, g)
 
     def exact(m):
         hi, lo = jax.vmap(_gram64_pair)(m)

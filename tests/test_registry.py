@@ -134,3 +134,28 @@ def test_variance_matches_numpy_on_the_first_layer():
     z = (z - z.mean(1, keepdims=True)) / np.sqrt(z.var(1, keepdims=True) + 1e-5)
     np.testing.assert_allclose(res.activation_variance[0, 0], _np_variance(np.maximum(z, 0)),
                                rtol=1e-5)
+
+
+def test_integer_token_inputs_stay_integer():
+    """Token ids [B, T] through an embedding; outputs [B, T, V] get one label per token."""
+    import flax.linen as nn
+
+    class Tokens(nn.Module):
+        @nn.compact
+        def __call__(self, ids):
+            h = nn.LayerNorm()(nn.Embed(50, 16)(ids))
+            return nn.Dense(50)(nn.relu(nn.Dense(32)(h)))
+
+    ids = np.asarray(jax.random.randint(jax.random.key(2), (8, 5), 0, 50), np.int32)
+    model = Tokens()
+    v = model.init(jax.random.key(3), jnp.asarray(ids))
+    res = sigprop.analyze(model, ids, variables=v)
+    # flax names modules as they are built: Dense_0 is the outer Dense(50), called last (the
+    # classifier, excluded by call order), Dense_1 the inner Dense(32)
+    assert res.layer_names == ("LayerNorm_0",) and res.grad_layer_names == ("Dense_1",)
+    table = np.asarray(v["params"]["Embed_0"]["embedding"], np.float64)
+    h = table[ids]  # [8, 5, 16]
+    h = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(res.activation_variance[0, 0], _np_variance(h.reshape(-1, 16)),
+                               rtol=1e-5)
+    assert res.finite.all() and res.grad_finite.all()

@@ -74,7 +74,7 @@ def test_arccos_map_through_wide_relu_mlp(mlp_report):
     for _ in range(s.arccos_depth):
         c_l = np.clip((np.sqrt(1 - c_l ** 2) + (np.pi - np.arccos(c_l)) * c_l) / np.pi, -1, 1)
         want.append(c_l.mean())
-    np.testing.assert_allclose(c["cosine_theory"], want, rtol=1e-6)
+    np.testing.assert_allclose(c["cosine_theory"], want, atol=1e-5)  # the JSON keeps 5 digits
     assert np.max(np.abs(measured - np.array(want))) <= 0.03
     assert abs(want[0] - 1 / np.pi) < 0.02  # nearly orthogonal inputs: 1/pi after one layer
 

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 import sigprop
-from sigprop import engine, probe, xla_cpu
+from sigprop import engine, lapack, probe, xla_cpu
 from sigprop.models import layers
 
 _analyze = importlib.import_module("sigprop.analyze")  # the module (sigprop.analyze is analyze())
@@ -181,7 +181,7 @@ def target_4(args):
 
     def eig():
         with jax.enable_x64(True):
-            return sigprop.metrics._eigvalsh(grams.astype(jnp.float64))
+            return lapack.eigvalsh(grams.astype(jnp.float64))
 
     eig_all = _ready(jax.jit(eig))
     # the weight draws alone (jax's threefry, He-normal kernels) for the 64 seeds, in one call

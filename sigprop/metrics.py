@@ -17,7 +17,7 @@ Two steps, so that the network never waits on LAPACK:
 2. **Spectral step** (once, after the network, batched over seeds x layers; :class:`Stats`):
    ``G = hi + lo`` in float64 (float32 on TPU); cosine from ``G_hat``; the eigenvalues of
    ``G`` (effective rank: ``s_i = sqrt(lambda_i)``) and of ``G_hat`` (stable rank) in one
-   batched LAPACK call (``?syevd`` without eigenvectors on CPU, see :func:`_eigvalsh`).
+   batched LAPACK call (``?syevd`` without eigenvectors on CPU, see :func:`sigprop.lapack.eigvalsh`).
 
 :data:`REGISTRY` names every metric: what it needs, which layer axis it lives on, its function
 and docstring. Adding a metric is one :class:`Metric` entry (plus its test).
@@ -26,13 +26,13 @@ and docstring. Adding a metric is one :class:`Metric` entry (plus its test).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
+
+from sigprop import lapack
 
 # What a tap records (the engine asks taps for the needs of the requested metrics only)
 MOMENTS, GRAM, GRAD, PAIR, PAIR_GRAD, BRANCH = "moments", "gram", "grad", "pair", "pair_grad", "branch"
@@ -204,59 +204,6 @@ def record_gram(x):
 # Spectral step
 
 
-def _syevd_values(g, mode: str):
-    """jaxlib's LAPACK ``?syevd`` FFI target on symmetric matrices ``[..., n, n]`` (lower triangle): its
-    eigenvalues (ascending) and LAPACK's ``info``, over any leading batch axes. ``mode='N'`` skips the eigenvectors, which
-    ``jnp.linalg.eigvalsh`` always computes (``mode='V'``)."""
-    from jaxlib import lapack
-
-    target = lapack.prepare_lapack_call("syevd_ffi", np.dtype(g.dtype))  # also loads LAPACK
-    n, batch = g.shape[-1], g.shape[:-2]
-    d = g.ndim  # column-major matrices, batch axes outermost (as jax's own lowering does)
-    layout = tuple(range(d - 2)) + (d - 1, d - 2)  # major-to-minor
-    _, w, info = jax.ffi.ffi_call(
-        target,
-        (jax.ShapeDtypeStruct(g.shape, g.dtype), jax.ShapeDtypeStruct(batch + (n,), g.dtype),
-         jax.ShapeDtypeStruct(batch, jnp.int32)),
-        input_output_aliases={0: 0},
-        input_layouts=[layout],
-        output_layouts=[layout, None, None],
-        vmap_method="broadcast_all",  # the target loops over leading batch axes itself
-    )(g, mode=np.uint8(ord(mode)), uplo=np.uint8(ord("L")))
-    return w, info
-
-
-TESTED_JAXLIB = ((0, 10), (0, 10))  # first and last (major, minor) the ?syevd call was checked on
-
-
-@functools.cache
-def _eigenvalues_only_works() -> bool:
-    """Whether :func:`_syevd_values` without eigenvectors runs here and gives the eigenvalues of
-    a known batch of matrices (float32 and float64). It relies on jaxlib's LAPACK FFI target and
-    its attributes, which are not public API: a jaxlib outside :data:`TESTED_JAXLIB`, or any
-    failure, means ``jnp.linalg`` instead."""
-    import jaxlib
-
-    version = tuple(int(v) for v in jaxlib.__version__.split(".")[:2])
-    if not TESTED_JAXLIB[0] <= version <= TESTED_JAXLIB[1]:
-        return False  # tests/test_metrics.py::test_eigenvalues_only_path... fails: re-check
-    try:
-        q, _ = np.linalg.qr(np.arange(1.0, 26.0).reshape(5, 5) ** 0.5)
-        want = np.array([[0.5, 1.0, 2.0, 3.0, 7.0], [-1.0, 0.25, 4.0, 5.0, 6.0]])
-        a = np.stack([q @ np.diag(w) @ q.T for w in want])  # a batch of two: layouts matter
-        a[:, 0, 4] += 1.0  # ?syevd reads the lower triangle only
-        for dtype in (np.float32, np.float64):
-            # run now, also when first asked while tracing (ops there are staged, not run)
-            with jax.ensure_compile_time_eval(), jax.enable_x64(dtype == np.float64):
-                w, info = jax.jit(_syevd_values, static_argnums=1)(a.astype(dtype), "N")
-                w, info = np.asarray(w), np.asarray(info)
-            if np.any(info != 0) or w.dtype != dtype or not np.allclose(w, want, rtol=1e-5, atol=1e-5):
-                return False
-        return True
-    except Exception:  # a fast path only: any failure falls back to jnp.linalg
-        return False
-
-
 def _in_float64(fn):
     """``fn`` (float32 arrays in and out) traced with float64 enabled, also when it is batched
     later (``vmap`` of a ``scan`` batches the traced body outside any context manager): its vmap
@@ -298,18 +245,6 @@ def _norm_f64_jvp(primals, tangents):  # d||g|| = <g / ||g||, dg> (custom_vmap h
 
 
 
-
-
-def _eigvalsh(g):
-    """Eigenvalues (ascending) of symmetric matrices ``[..., n, n]``, NaN where LAPACK fails.
-
-    On CPU, LAPACK's ``?syevd`` without eigenvectors when jaxlib's FFI target allows it
-    (:func:`_eigenvalues_only_works`; 1.3-1.6x faster than ``jnp.linalg.eigvalsh``, which
-    always computes eigenvectors, on 3200 matrices of 32 x 32); else ``jnp.linalg.eigvalsh``."""
-    if g.ndim >= 2 and jax.default_backend() == "cpu" and _eigenvalues_only_works():
-        w, info = _syevd_values(g, "N")
-        return jnp.where((info == 0)[..., None], w, jnp.nan)
-    return jnp.linalg.eigvalsh(g)
 
 
 def _normalized(g):
@@ -375,7 +310,7 @@ class Stats:
             names = self._spectra or (which,)
             with self._f64():
                 mats = jnp.stack([getattr(self, n) for n in names])
-                lam = _eigvalsh(mats)
+                lam = lapack.eigvalsh(mats)
             return dict(zip(names, lam))
         return self._cached("spectra", make)[which]
 

@@ -41,12 +41,12 @@ def test_pair_correlations_match_independent_mlp():
     noise = 0.3 * jax.random.normal(jax.random.key(7), x.shape)
     variables = model.init(jax.random.key(4), x)
     label_key = jax.random.key(5)
-    net = engine.linen_network(model, jax.ShapeDtypeStruct(x.shape, x.dtype), None)
+    network = engine.linen_network(model, jax.ShapeDtypeStruct(x.shape, x.dtype), None)
     plan = engine.Plan(("similar_batch_correlation", "gradient_correlation"), noise=0.3)
 
     @jax.jit
     def pair(v, x, n):  # the engine's pair pass over [x, x + n], then its metrics
-        return engine.finish(net.pair(v, jnp.stack([x, x + n]), label_key, plan), plan)
+        return engine.finish(network.pair(v, jnp.stack([x, x + n]), label_key, plan), plan)
 
     out = pair(variables, x, noise)
     names = tuple(f"layer{i:02d}" for i in range(depth))

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import sigprop.lapack as lapack
 import sigprop.metrics as sm
 import sigprop.probe as sp
 
@@ -560,10 +561,10 @@ def test_grad_norm_is_differentiable():
 @pytest.mark.parametrize("x64", [False, True])
 @pytest.mark.parametrize("fast", [True, False])
 def test_symmetric_eigenvalues_match_numpy(n, x64, fast, monkeypatch):
-    """``_eigvalsh`` (LAPACK without eigenvectors, or jnp.linalg where that is unavailable)
+    """``lapack.eigvalsh`` (LAPACK without eigenvectors, or jnp.linalg where that is unavailable)
     against numpy's float64 eigenvalues of the same matrix, PSD with a wide spectrum."""
     if not fast:
-        monkeypatch.setattr(sm, "_eigenvalues_only_works", lambda: False)
+        monkeypatch.setattr(lapack, "eigenvalues_only_works", lambda: False)
     rng = np.random.default_rng(n)
     q, _ = np.linalg.qr(rng.standard_normal((n, n)))
     a = (q * np.geomspace(1e-3, 10.0, n)) @ q.T
@@ -571,7 +572,7 @@ def test_symmetric_eigenvalues_match_numpy(n, x64, fast, monkeypatch):
     a = a.astype(dtype)
     jax.clear_caches()
     with jax.enable_x64(x64):
-        got = np.asarray(jax.jit(sm._eigvalsh)(a))
+        got = np.asarray(jax.jit(lapack.eigvalsh)(a))
     want = np.linalg.eigvalsh(a.astype(np.float64))
     assert got.dtype == dtype
     tol = (1e-12 if x64 else 2e-6) * want[-1]
@@ -583,7 +584,7 @@ def test_eigenvalues_only_path_is_found_while_tracing():
     ops instead of running them), so the CPU metrics use LAPACK without eigenvectors."""
     if jax.default_backend() != "cpu":
         pytest.skip("the eigenvalues-only LAPACK path is a CPU path")
-    sm._eigenvalues_only_works.cache_clear()
-    text = jax.jit(sm._eigvalsh).lower(jnp.eye(4)).as_text()
-    assert sm._eigenvalues_only_works()  # this jaxlib has the target: the library uses it
+    lapack.eigenvalues_only_works.cache_clear()
+    text = jax.jit(lapack.eigvalsh).lower(jnp.eye(4)).as_text()
+    assert lapack.eigenvalues_only_works()  # this jaxlib has the target: the library uses it
     assert f"mode = {ord('N')} : ui8" in text

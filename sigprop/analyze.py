@@ -143,7 +143,11 @@ def _linen_variables(net, variables, seeds: int, x_abstract):
     expected = jax.eval_shape(net.init, jax.random.key(0), x_abstract)
     probes = expected.pop(engine.probe.PROBES, None)
     given = {c: v for c, v in dict(variables).items() if c not in (engine.probe.PROBES,)}
-    want = {c: v for c, v in expected.items() if c in given or c == "params"}
+    missing = sorted(set(expected) - set(given))
+    if missing:
+        raise ValueError(f"variables=: the model also needs the collection(s) {missing} (give "
+                         f"everything model.init returns); got {sorted(given)}")
+    want = {c: v for c, v in expected.items() if c in given}
     if jax.tree_util.tree_structure(want) != jax.tree_util.tree_structure(given):
         raise _structure_error("collections or names differ", want, given)
     lead = None

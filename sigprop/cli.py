@@ -1,5 +1,5 @@
 """The ``sigprop`` command line: ``sigprop quickstart``, ``sigprop analyze``, ``sigprop sweep``,
-``sigprop validate``, ``sigprop normalizers``."""
+``sigprop validate``, ``sigprop figures``, ``sigprop normalizers``."""
 
 from __future__ import annotations
 
@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     sub.add_parser("normalizers", help="list the normalizer names")
     _sweep_parser(sub)
     _validate_parser(sub)
+    _figures_parser(sub)
 
     args = parser.parse_args(argv)
     _fast_start()
@@ -86,6 +87,12 @@ def main(argv=None) -> int:
     except ValueError as e:  # bad input: a clear message, not a traceback
         print(f"sigprop: error: {e}", file=sys.stderr)
         return 2
+
+
+def _figures_parser(sub) -> None:
+    from sigprop import figures
+
+    figures.parser(sub=sub).set_defaults(run=figures.cli_main)
 
 
 def _dispatch(args) -> int:

@@ -12,7 +12,7 @@ import pytest
 
 import importlib
 
-from sigprop import cli
+from sigprop import cli, experiments
 
 V = importlib.import_module("sigprop.validate")  # sigprop.validate is the function
 
@@ -66,7 +66,7 @@ def test_arccos_map_through_wide_relu_mlp(mlp_report):
     measured = np.array(c["cosine_measured"])
     # the arc-cosine map (Cho & Saul) written out here, applied layer by layer to every pair's
     # input cosine of the claim's batch (N(0, 1), key 9), then averaged over pairs
-    s = V.QUICK
+    s = experiments.get("closed_forms").sizes(quick=True)
     x = np.asarray(jax.random.normal(jax.random.key(9), (s.arccos_batch, s.wide)), np.float64)
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
     c_l = np.clip((xn @ xn.T)[~np.eye(len(x), dtype=bool)], -1, 1)

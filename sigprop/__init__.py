@@ -4,7 +4,7 @@ Measure, layer by layer and over many seeds at once, how each normalization laye
 activations (variance, cosine similarity, ranks) and gradients (norms) at initialization.
 """
 
-from sigprop import devices, engine, metrics, models, normalizers, probe, theory
+from sigprop import data, devices, engine, metrics, models, normalizers, probe, theory
 
 # analysis
 from sigprop.analyze import NonFiniteWarning, analyze, layer_names
@@ -38,7 +38,8 @@ __all__ = [
     "cnn",
     "resnet56",
     "wrn",
-    # submodules
+    # submodules (sigprop.experiments and sigprop.figures import on demand)
+    "data",
     "devices",
     "engine",
     "metrics",

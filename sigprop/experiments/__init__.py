@@ -201,6 +201,8 @@ def measure(name: str, quick: bool = True, *, cache: str | None = None,
     want = _jsonable(vars(exp.sizes(quick)))
     if not recompute and key in _MEMO:
         data = _MEMO[key]
+        if cache and not os.path.exists(cache):
+            data.save(cache)
         if progress is not None:
             progress.advance(f"{name} (measured)", exp.points(exp.sizes(quick)))
         return data

@@ -1,0 +1,199 @@
+"""``sigprop figures --quick``: every figure regenerates, and what each draws is what it claims
+(orders, slopes, theory within the claim's tolerance), not just a file. The same experiments
+then pass every ``sigprop validate --quick`` claim without measuring again (one definition).
+
+Marked ``figures`` (about 7 minutes on 2 cores): ``python -m pytest -m "figures or notebooks"``.
+"""
+
+import importlib
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from sigprop import experiments, figures
+
+pytestmark = pytest.mark.figures
+V = importlib.import_module("sigprop.validate")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    out = tmp_path_factory.mktemp("figures")
+    t0 = time.perf_counter()
+    res = figures.make_all(quick=True, out=str(out), progress=False)
+    return out, res, time.perf_counter() - t0
+
+
+def drawn(made, name):
+    return made[1][name]["drawn"]
+
+
+def test_every_figure_written_within_budget(made):
+    out, res, seconds = made
+    assert sorted(res) == sorted(figures.names())
+    for name in res:
+        for ext in ("png", "pdf"):
+            assert os.path.getsize(out / f"{name}.{ext}") > 10_000
+        assert (out / "data" / f"{name}.npz").exists()
+    assert seconds < 600, f"sigprop figures --quick took {seconds:.0f} s"
+
+
+def test_one_script_per_figure():
+    scripts = {f[:-3] for f in os.listdir(os.path.join(ROOT, "figures")) if f.endswith(".py")}
+    assert scripts == set(figures.names())
+
+
+def test_replot_reads_the_cache(made, monkeypatch):
+    out = made[0]
+    monkeypatch.setattr(experiments, "_MEMO", {})  # this process forgets; the file remains
+    monkeypatch.setattr(experiments.Experiment, "run",
+                        lambda *a, **k: pytest.fail("measured again instead of the cache"))
+    r = figures.make("closed_forms", quick=True, out=str(out))
+    np.testing.assert_array_equal(r["drawn"]["cosine/measured"],
+                                  drawn(made, "closed_forms")["cosine/measured"])
+
+
+def test_script_runs_from_the_cache(made):
+    out = made[0]
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "figures", "closed_forms.py"),
+                        "--quick", "--out", str(out)], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "closed_forms.png" in p.stdout and time.perf_counter() - t0 < 60
+
+
+def test_recompute_measures_again(made, monkeypatch):
+    calls = []
+    monkeypatch.setattr(experiments.Experiment, "run",
+                        lambda self, quick, progress=None: calls.append(self.name)
+                        or experiments._MEMO[(self.name, True)])
+    figures.make("closed_forms", quick=True, out=str(made[0]), recompute=True)
+    assert calls == ["closed_forms"]
+
+
+def test_resnet_variance(made):
+    d = drawn(made, "resnet_variance")
+    blocks = len(d["post/none"])
+    for norm in ("none", "weightnorm", "sws"):  # exponential: >= 1.3 per block
+        assert d[f"post/{norm}"][-1] ** (1 / (blocks - 1)) >= 1.3, norm
+    for norm in ("batchnorm", "layernorm", "instancenorm", "groupnorm", "frn"):
+        assert d[f"post/{norm}"][-1] <= 1.5 * blocks, norm  # at most linear
+    for norm in ("weightnorm", "sws"):
+        assert d[f"post/{norm}+skipinit"].max() <= 2.0
+    np.testing.assert_array_equal(d["post/theory_2^l"], 2.0 ** np.arange(blocks))
+    np.testing.assert_array_equal(d["post/theory_l+1"], np.arange(1, blocks + 1))
+    growth = d["pre/none"][-1] ** (1 / (blocks - 1))
+    assert 1.7 <= growth <= 2.3  # 2^l
+    # batchnorm: each block adds the same amount (the law's slope from block 0 within 20%)
+    steps = np.diff(d["pre/batchnorm"])
+    law = np.diff(d["pre/theory_l+1"])
+    assert np.all(np.abs(steps / law - 1) < 0.2), (steps, law)
+
+
+def test_cnn_cosine(made):
+    d = drawn(made, "cnn_cosine")
+    s = made[1]["cnn_cosine"]["data"].sizes
+    final = [d[f"norms/{k}"][-1] for k in
+             ("layernorm", f"groupnorm(g={s.gn_large})", f"groupnorm(g={s.gn_small})",
+              "instancenorm")]
+    assert np.all(np.diff(final) < 0), final
+    groups = np.array([d[f"groups/{g}"][-1] for g in s.group_sizes])
+    assert np.all(np.diff(groups) > -0.02) and groups[-1] - groups[0] > 0.3, groups
+
+
+def test_groupnorm_rank(made):
+    d = drawn(made, "groupnorm_rank")
+    eff = d["effective/measured"]
+    assert eff[0] > eff[2] > eff[4] > eff[6]  # group sizes 1, 4, 16, 64
+    a, b = d["effective/fit_coefficients"]
+    assert a > 0  # rank grows with sqrt(width / g)
+    resid = eff - d["effective/fit"]
+    r2 = 1 - np.sum(resid ** 2) / np.sum((eff - eff.mean()) ** 2)
+    assert r2 > 0.85, r2
+    assert d["stable/measured"][0] > d["stable/measured"][-1]
+
+
+def test_cnn_gradients(made):
+    d = drawn(made, "cnn_gradients")
+    s = made[1]["cnn_gradients"]["data"].sizes
+    ratio = dict(zip(d["ratio_labels"], d["ratio"]))
+    order = ["instancenorm", f"groupnorm(g={s.gn_small})", f"groupnorm(g={s.gn_large})",
+             "layernorm"]
+    assert np.all(np.diff([ratio[k] for k in order]) < 0), ratio
+    assert ratio["batchnorm"] > 1 and ratio["batchnorm"] > ratio["layernorm"]
+    # the bars are the drawn curves' first / last values (mean over seeds of the ratio)
+    assert ratio["instancenorm"] == max(v for k, v in ratio.items() if k != "batchnorm")
+
+
+def test_u_figure1(made):
+    d = drawn(made, "u_figure1")
+    sim = {k.split("/")[1]: v for k, v in d.items() if k.startswith("similar")}
+    grad = {k.split("/")[1]: v for k, v in d.items() if k.startswith("gradient")}
+    assert sim["batchnorm"][-1] < sim["bmlv"][-1] < sim["lmbv"][-1] < sim["layernorm"][-1]
+    assert sim["layernorm"][-1] > 0.95 and sim["batchnorm"][-1] < 0.7
+    assert grad["batchnorm"][0] < 0.1 < 0.5 < grad["layernorm"][0]
+    # batch-mean subtraction decorrelates: the batch-mean normalizers below the per-sample ones
+    assert max(sim["batchnorm"][-1], sim["bmlv"][-1]) < min(sim["layernorm"][-1],
+                                                            sim["lmbv"][-1])
+    assert set(sim) == {"none", "batchnorm", "layernorm", "bmlv", "lmbv", "prelayernorm",
+                        "regnorm"}
+    assert "real MNIST" in made[1]["u_figure1"]["data"].meta["inputs"]
+
+
+def test_u_figure2(made):
+    d = drawn(made, "u_figure2")
+    g = d["noskip/grad/batchnorm"]
+    rate = np.exp(-2 * np.polyfit(np.arange(len(g)), np.log(g), 1)[0])
+    assert rate >= 1.2  # exponential growth going backward without skips
+    ln = d["noskip/grad/layernorm"]
+    assert ln[0] / ln[-1] < 2  # layernorm: no explosion
+    gs = d["skip/grad/batchnorm"]
+    blocks = 3 * (made[1]["u_figure2"]["data"].sizes.depth - 2) // 6
+    assert (gs[0] / gs[-1]) ** 2 <= 2 * (blocks + 1)
+    assert d["noskip/similar/batchnorm"][-1] < 0.9 < 0.97 < d["noskip/similar/layernorm"][-1]
+    # the theory line: sqrt(pi / (pi - 1)) per layer
+    law = d["noskip/grad/theory"]
+    np.testing.assert_allclose(law[:-1] / law[1:], np.sqrt(np.pi / (np.pi - 1)), rtol=1e-6)
+
+
+def test_closed_forms(made):
+    d = drawn(made, "closed_forms")
+    assert np.max(np.abs(d["cosine/measured"] - d["cosine/theory"])) <= 0.03
+    assert abs(float(d["grad/fitted_rate"]) / (np.pi / (np.pi - 1)) - 1) <= 0.05
+
+
+def test_brock_spp(made):
+    d = drawn(made, "brock_spp")
+    var = d["activation_variance/none"]
+    assert var[-1] / var[0] > 1e3  # unnormalized: exponential
+    bn_branch = d["residual_variance/batchnorm"]
+    assert np.all((bn_branch > 0.3) & (bn_branch < 3))  # a normalized branch: variance ~1
+    np.testing.assert_array_equal(d["residual_variance/sws+skipinit"], 0.0)  # alpha = 0
+    sws = d["activation_variance/sws+skipinit"]
+    blocks = made[1]["brock_spp"]["data"].sizes.blocks
+    np.testing.assert_allclose(sws[:blocks], sws[0], rtol=1e-4)  # identity blocks in stage 1
+
+
+def test_validate_reads_the_same_experiments(made, monkeypatch):
+    # the claims read the figures' data: nothing is measured again, every claim passes
+    monkeypatch.setattr(experiments.Experiment, "run",
+                        lambda *a, **k: pytest.fail("validate measured again"))
+    results = V.validate(quick=True, progress=False)
+    failed = {r.id: r.measured for r in results if not r.passed}
+    assert not failed, failed
+    assert [r.id for r in results] == list(V.CLAIMS)
+
+
+def test_unknown_figure_is_a_clear_error(capsys):
+    from sigprop import cli
+
+    assert cli.main(["figures", "--quick", "--only", "nope"]) == 2
+    assert "--only nope: unknown; allowed: resnet_variance" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="figure='nope'"):
+        figures.get("nope")

@@ -1,5 +1,6 @@
 """The ``sigprop`` command line: ``sigprop quickstart``, ``sigprop analyze``, ``sigprop sweep``,
-``sigprop validate``, ``sigprop figures``, ``sigprop normalizers``."""
+``sigprop validate``, ``sigprop figures``, ``sigprop hessian``, ``sigprop train``,
+``sigprop normalizers``."""
 
 from __future__ import annotations
 
@@ -79,6 +80,7 @@ def main(argv=None) -> int:
     _sweep_parser(sub)
     _validate_parser(sub)
     _figures_parser(sub)
+    _training_parsers(sub)
 
     args = parser.parse_args(argv)
     _fast_start()
@@ -87,6 +89,14 @@ def main(argv=None) -> int:
     except ValueError as e:  # bad input: a clear message, not a traceback
         print(f"sigprop: error: {e}", file=sys.stderr)
         return 2
+
+
+def _training_parsers(sub) -> None:
+    """``sigprop hessian`` and ``sigprop train`` (their parsers live beside their code)."""
+    from sigprop import hessian, train
+
+    hessian.cli_parser(sub)
+    train.cli_parser(sub)
 
 
 def _figures_parser(sub) -> None:
@@ -160,6 +170,12 @@ def _sweep_parser(sub) -> None:
     s.add_argument("--key", type=int, default=0)
     s.add_argument("--out", default=None, help="folder: one .npz per finished point; resumes")
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--workers", type=int, default=None,
+                   help="run the units on a local Dask cluster of N worker processes (one "
+                        "device and one thread each; needs sigprop[cluster])")
+    s.add_argument("--scheduler", default=None,
+                   help="run the units on an existing Dask cluster: its scheduler's address, "
+                        "e.g. tcp://host:8786 (workers must see --out)")
     s.set_defaults(run=_cmd_sweep)
 
 
@@ -236,12 +252,37 @@ def _sweep_grid(args) -> list[dict]:
     return points
 
 
+def _sweep_executor(args):
+    """The executor of ``--workers N`` (a local Dask cluster) or ``--scheduler ADDRESS`` (an
+    existing one), closed on exit; a null context without either."""
+    import contextlib
+
+    if args.workers is not None and args.scheduler is not None:
+        raise ValueError("--workers starts a local cluster, --scheduler uses an existing one: "
+                         "pass one of them")
+    if args.workers is not None:
+        if args.workers < 1:
+            raise ValueError(f"--workers {args.workers}: expected a number of worker "
+                             "processes >= 1")
+        from sigprop import cluster
+
+        return cluster.local_cluster(args.workers)
+    if args.scheduler is not None:
+        from sigprop import cluster
+
+        client = cluster.connect(args.scheduler)
+        return contextlib.closing(client)
+    return contextlib.nullcontext()
+
+
 def _cmd_sweep(args) -> int:
     from sigprop.quickstart import summarize
     from sigprop.sweep import sweep
 
-    points = sweep(_sweep_model, _sweep_grid(args), _sweep_inputs, seeds=args.seeds,
-                   out=args.out, key=args.key, progress=not args.no_progress)
+    grid = _sweep_grid(args)
+    with _sweep_executor(args) as executor:
+        points = sweep(_sweep_model, grid, _sweep_inputs, seeds=args.seeds, out=args.out,
+                       key=args.key, progress=not args.no_progress, executor=executor)
     configs = [p.config for p in points]
     keys = list(dict.fromkeys(k for c in configs for k in c))
     cols = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1] or ["norm"]
@@ -263,12 +304,12 @@ def _cmd_sweep(args) -> int:
 
 
 def _validate_parser(sub) -> None:
-    v = sub.add_parser("validate", help="re-run the papers' claims 1-7, 9-11; PASS/FAIL table")
+    v = sub.add_parser("validate", help="re-run the papers' claims 1-12; PASS/FAIL table")
     v.add_argument("--quick", action="store_true",
                    help="small sizes (minutes on a CPU); default: the papers' sizes")
     v.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     v.add_argument("--claims", type=_ints, default=None,
-                   help="comma-separated claim ids (default: 1,2,3,4,5,6,7,9,10,11)")
+                   help="comma-separated claim ids (default: all, 1-12)")
     v.set_defaults(run=_cmd_validate)
 
 

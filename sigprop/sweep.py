@@ -16,8 +16,15 @@ How a grid runs:
   needs the float's value in Python (``float(alpha)``, ``if alpha == 1``) cannot be traced; such a
   group falls back to one program per value.
 - With ``out``, each finished point is written as soon as its program returns, atomically (a
-  temporary ``.<id>.<pid>.tmp.npz`` renamed to ``<id>.npz``), and a rerun loads finished points
-  instead of computing them: a sweep killed at any moment resumes with nothing lost or duplicated.
+  temporary ``.<id>.<pid>@<host>.tmp.npz`` renamed to ``<id>.npz``), and a rerun loads finished
+  points instead of computing them: a sweep killed at any moment resumes with nothing lost or
+  duplicated. Each point records its sweep's builder and grid (digest and axes); a sweep of
+  another builder, or with points outside the grid of the points already in ``out``, is
+  refused (other seeds, key or inputs of the same grid are other points, side by side).
+- With ``executor`` (a ``dask.distributed.Client``, a ``ProcessPoolExecutor``, a submitit
+  executor: anything with ``submit``), each unit of work (the points that compile to one
+  program) is one task (:mod:`sigprop.cluster`); workers run it through the same engine call
+  and write its points into ``out`` themselves.
 """
 
 from __future__ import annotations
@@ -32,14 +39,16 @@ import logging
 import math
 import os
 import re
+import socket
 import sys
+import time
 import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
 
-from sigprop import devices, engine
+from sigprop import cluster, devices, engine
 from sigprop.analyze import (
     NonFiniteWarning,
     check_inputs,
@@ -57,7 +66,8 @@ from sigprop.results import LayerMetrics
 log = logging.getLogger(__name__)
 
 _RESULT = re.compile(r"[0-9a-f]{16}\.npz")  # a finished point; temporaries never match
-_TMP = re.compile(r"\.([0-9a-f]{16})\.(\d+)\.tmp\.npz")
+_TMP = re.compile(r"\.([0-9a-f]{16})\.(\d+)(?:@([A-Za-z0-9.-]+))?\.tmp\.npz")
+_STALE_S = 24 * 3600  # another machine's temporary is judged by its age
 _UNTRACEABLE: set = set()  # value groups whose builder could not be traced (not retried)
 
 
@@ -336,10 +346,26 @@ def _run_unit(kind, group, builder, keys, precision, plan, mesh) -> list[dict]:
                            plan, precision, mesh) for job in group]
 
 
+def _compute(kind, group, builder, keys, precision, plan, mesh, metas: dict,
+             out: str | None) -> list[tuple[int, LayerMetrics]]:
+    """Run one unit; write each of its points to ``out`` (unless None) as soon as the unit's
+    program returns. Returns ``[(grid index, LayerMetrics)]``; ``metas[index]`` is the point's
+    ``LayerMetrics.config``. The one path of both the in-process loop and a worker's task."""
+    done = []
+    for job, arrays in zip(group, _run_unit(kind, group, builder, keys, precision, plan, mesh)):
+        for p in job:
+            res = LayerMetrics.from_engine(arrays, metas[p.index])
+            if out is not None:
+                _write(res, out, p.id)
+            done.append((p.index, res))
+    return done
+
+
 # ----------------------------------------------------------------------------- persistence
 def _write(result: LayerMetrics, out: str, pid: str) -> None:
-    """Atomically: save to ``.<id>.<process id>.tmp.npz``, flush to disk, rename to ``<id>.npz``."""
-    tmp = os.path.join(out, f".{pid}.{os.getpid()}.tmp.npz")
+    """Atomically: save to ``.<id>.<process id>@<host>.tmp.npz``, flush to disk, rename to
+    ``<id>.npz`` (workers on several machines may share ``out``)."""
+    tmp = os.path.join(out, f".{pid}.{os.getpid()}@{_host()}.tmp.npz")
     result.save(tmp)
     fd = os.open(tmp, os.O_RDONLY)
     try:
@@ -357,11 +383,24 @@ def _write(result: LayerMetrics, out: str, pid: str) -> None:
         pass
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
+
+
 def _remove_stale_temporaries(out: str) -> None:
-    """Delete temporaries left by killed sweeps (their process is gone)."""
+    """Delete temporaries left by killed sweeps: this machine's whose process is gone, and other
+    machines' older than a day (their process ids mean nothing here)."""
+    host = _host()
     for name in os.listdir(out):
         m = _TMP.fullmatch(name)
         if not m:
+            continue
+        if m.group(3) not in (None, host):
+            try:
+                if time.time() - os.path.getmtime(os.path.join(out, name)) > _STALE_S:
+                    os.remove(os.path.join(out, name))
+            except OSError:
+                pass
             continue
         try:
             os.kill(int(m.group(2)), 0)
@@ -372,6 +411,48 @@ def _remove_stale_temporaries(out: str) -> None:
                 pass
         except (PermissionError, OSError):
             pass  # alive (another user's), or not ours to judge
+
+
+def _grid_record(builder, points) -> dict:
+    """What each point records of its sweep (``"sweep_grid"`` in its config, JSON): the
+    builder, the grid's size and digest (order-free), and its axes (each name's values)."""
+    grid = sorted({p.config_json for p in points})
+    axes: dict = {}
+    for p in points:
+        for k, v in json.loads(p.config_json).items():
+            if v not in axes.setdefault(k, []):
+                axes[k].append(v)
+    return dict(builder=_builder_name(builder), points=len(grid), axes=axes,
+                sha256=hashlib.sha256("\n".join(grid).encode()).hexdigest()[:16])
+
+
+def _folder_grid(out: str, record: dict, loaded: list[LayerMetrics]) -> dict:
+    """The grid record this sweep's new points carry: ``record``, or the folder's where this
+    grid is a part of it (same builder, every value in its axes). Points of another builder or
+    grid already in ``out`` (its first point and the points this sweep loads are checked) are a
+    ``ValueError`` naming the folder and what differs. Points of an older sigprop, which carry
+    no record, are adopted."""
+    names = sorted(n for n in os.listdir(out) if _RESULT.fullmatch(n))
+    metas = [m.meta for m in loaded] + [_load_point(os.path.join(out, n)).metrics.meta
+                                        for n in names[:1]]
+    for meta in metas:
+        if "sweep_grid" not in meta:
+            continue
+        there = json.loads(meta["sweep_grid"])
+        if there.get("sha256") == record["sha256"] and there.get("builder") == record["builder"]:
+            return there
+        a, b = there.get("axes", {}), record["axes"]
+        problems = [f"builder {there.get('builder')} there, {record['builder']} here"] \
+            if there.get("builder") != record["builder"] else []
+        problems += [f"{k}: {a.get(k, '(none)')} there, {b.get(k, '(none)')} here"
+                     for k in dict.fromkeys([*a, *b])
+                     if k not in a or k not in b or any(v not in a[k] for v in b[k])]
+        if problems:
+            raise ValueError(f"out={out!r} holds the points of another sweep "
+                             f"({there.get('points')} points of {there.get('builder')}); this "
+                             f"one differs in {'; '.join(problems)}. Use another out folder")
+        return there
+    return record
 
 
 def _load_point(path: str) -> Point:
@@ -417,7 +498,8 @@ def load_sweep(out) -> list[Point]:
 # ----------------------------------------------------------------------------------- sweep
 def sweep(builder: Callable[..., Any], grid, inputs, *, seeds: int, out=None, key=0,
           precision: str = "highest", metrics=None, similar_batch_noise: float | None = None,
-          gradient_correlation: bool = False, progress: bool = True, mesh=None) -> list[Point]:
+          gradient_correlation: bool = False, progress: bool = True, mesh=None,
+          executor=None) -> list[Point]:
     """:func:`~sigprop.analyze.analyze` at every point of ``grid``, compiled as little as possible.
 
     Args:
@@ -433,16 +515,27 @@ def sweep(builder: Callable[..., Any], grid, inputs, *, seeds: int, out=None, ke
       out: a folder; each finished point is written there atomically as ``<id>.npz`` (the id a
         hash of the builder, config, inputs, seeds, key, precision and options), and points
         already there are loaded instead of computed. Read it back with :func:`load_sweep`.
+        A folder holding points of another builder or grid is refused (a ``ValueError``
+        naming what differs); a part of its grid, or other seeds or key, is fine.
       key: an int or a ``jax.random`` key.
       precision, metrics, similar_batch_noise, gradient_correlation: as in ``analyze``.
       progress: a progress bar on stderr (points done, rate, time left).
       mesh: a 1-D ``jax.sharding.Mesh`` (``sigprop.devices.mesh``); default every device.
         Under ``jax.distributed`` every process runs the same call, ``out`` must be a folder they
         all see, and process 0 writes it.
+      executor: runs the units of work (each the points that compile to one program) as tasks:
+        any object with ``concurrent.futures``' ``submit(fn, *args)``, e.g. a
+        ``dask.distributed.Client`` (``sigprop.cluster.local_cluster(n)`` starts one here), a
+        submitit executor (SLURM), a ``ProcessPoolExecutor`` (spawn context; the builder and
+        inputs must pickle). Workers use their own devices and write finished points into
+        ``out`` (a folder they all see) atomically, as this process would; the numbers are this
+        process's, bit for bit, on the same kind and number of devices. A unit whose worker
+        dies is lost alone: the executor retries it (Dask does) or a rerun computes it.
 
     Returns:
       ``[(config, LayerMetrics)]`` (:class:`Point`), one per grid point, in grid order; each
-      ``LayerMetrics.config`` also holds the point's config (``"sweep_point"``, JSON) and id.
+      ``LayerMetrics.config`` also holds the point's config (``"sweep_point"``, JSON), its id
+      and its sweep's builder and grid (``"sweep_grid"``, JSON).
     """
     if not callable(builder):
         raise ValueError(f"builder must be a callable returning a model (e.g. sigprop.mlp); "
@@ -458,12 +551,21 @@ def sweep(builder: Callable[..., Any], grid, inputs, *, seeds: int, out=None, ke
         out = os.fspath(out)
         if os.path.exists(out) and not os.path.isdir(out):
             raise ValueError(f"out={out!r} exists and is not a folder")
+    if executor is not None:
+        cluster.check_executor(executor)
+        if mesh is not None:
+            raise ValueError("mesh= is of this process's devices; with executor= each worker "
+                             "uses its own (pass one or the other)")
+        if jax.process_count() > 1:
+            raise ValueError("executor= under jax.distributed: the processes already share the "
+                             "work; run the sweep without executor=")
     configs = expand_grid(grid)
     plan = make_plan(metrics, similar_batch_noise, gradient_correlation, None)
     points = _resolve(builder, configs, inputs, seeds, key, precision, plan, out is not None)
 
     results: dict[int, LayerMetrics] = {}
     writer = out is not None and jax.process_index() == 0
+    record = _grid_record(builder, points)
     if out is not None:
         os.makedirs(out, exist_ok=True)
         if writer:
@@ -472,30 +574,43 @@ def sweep(builder: Callable[..., Any], grid, inputs, *, seeds: int, out=None, ke
             path = os.path.join(out, f"{p.id}.npz")
             if os.path.exists(path):
                 results[p.index] = _load_point(path).metrics
+        record = _folder_grid(out, record, list(results.values()))
     todo = [p for p in points if p.index not in results]
     keys_seen = dict.fromkeys(k for c in configs for k in c)
     varying = [k for k in keys_seen if len({_canonical_or_repr(c.get(k)) for c in configs}) > 1]
+    grid_json = _canonical(record)
+    metas = {p.index: {**run_config(p.model, p.shape, seeds, key, p.x is not None, plan),
+                       "sweep_point": p.config_json, "sweep_id": p.id, "sweep_grid": grid_json}
+             for p in todo}
+    configs_by_index = {p.index: p.config for p in todo}
 
     keys = seed_keys(root, seeds)
-    m = devices.mesh() if mesh is None else mesh
-    bar = Progress(len(todo), "points") if progress and todo else None
-    if progress and results:
+    shown = progress and jax.process_index() == 0
+    bar = Progress(len(todo), "points") if shown and todo else None
+    if shown and results:
         sys.stderr.write(f"sweep: {len(results)} of {len(points)} points already in {out}\n")
+
+    def finished(done):
+        for index, res in done:
+            results[index] = res
+            if bar is not None:
+                c = configs_by_index[index]
+                bar.advance(" ".join(f"{k}={c.get(k)}" for k in varying))
+
     try:
         if bar is not None:
             bar.__enter__()
-        for kind, group in _plan(todo):
-            outs = _run_unit(kind, group, builder, keys, precision, plan, m)
-            for job, arrays in zip(group, outs):
-                for p in job:
-                    config = run_config(p.model, p.shape, seeds, key, p.x is not None, plan)
-                    config.update(sweep_point=p.config_json, sweep_id=p.id)
-                    res = LayerMetrics.from_engine(arrays, config)
-                    if writer:
-                        _write(res, out, p.id)
-                    results[p.index] = res
-                    if bar is not None:
-                        bar.advance(" ".join(f"{k}={p.config.get(k)}" for k in varying))
+        units = _plan(todo)
+        if executor is None:
+            m = devices.mesh() if mesh is None else mesh
+            for kind, group in units:
+                finished(_compute(kind, group, builder, keys, precision, plan, m, metas,
+                                  out if writer else None))
+        elif units:
+            tasks = cluster.tasks(units, builder=builder, keys=keys, precision=precision,
+                                  plan=plan, metas=metas, out=out)
+            cluster.run(executor, tasks, lambda task, r: finished(r["results"]),
+                        where=out, total=len(points), have=lambda: len(results))
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)

@@ -59,9 +59,15 @@ def _band(ax, values, label=None, *, log=False, color=None, x=None):
 
 
 def _pyplot():
+    """pyplot, on the Agg backend unless a backend is already chosen (a notebook's inline
+    backend, ``MPLBACKEND``, or pyplot imported by the caller): never switch a user's."""
+    import os
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     return plt

@@ -51,11 +51,13 @@ def test_quick_validate_mlp_claims(mlp_report):
 @pytest.mark.slow
 def test_quick_validate_passes_every_claim(report):
     rc, data, claims = report
-    failed = {i: (c["measured"], c["expected"]) for i, c in claims.items() if not c["passed"]}
+    # claims 8 and 12 are reported whatever they measure (see test_figures), not required
+    failed = {i: (c["measured"], c["expected"]) for i, c in claims.items()
+              if not c["passed"] and i not in (8, 12)}
     assert not failed, failed
-    assert rc == 0
-    assert sorted(claims) == [1, 2, 3, 4, 5, 6, 7, 9, 10, 11]
-    assert data["mode"] == "quick" and data["passed"] == data["total"] == 10
+    assert sorted(claims) == list(range(1, 13))
+    assert data["mode"] == "quick" and data["total"] == 12
+    assert isinstance(claims[12]["measured"]["spearman_rho"], float)
     for c in claims.values():
         assert set(c) >= {"id", "passed", "measured", "expected", "setting"}
 
@@ -98,7 +100,7 @@ def test_preact_resnet56_second_moment(report):
 
 def test_unknown_claim_is_a_clear_error():
     with pytest.raises(ValueError, match="claims=.*allowed: 1, 2, 3"):
-        V.validate(claims=(8,), progress=False)
+        V.validate(claims=(13,), progress=False)
 
 
 def test_failed_claim_is_reported_with_numbers():

@@ -186,7 +186,7 @@ def names() -> tuple[str, ...]:
 
 
 def _load_all() -> None:
-    from sigprop.experiments import beyond_batchnorm, closed_forms, unique  # noqa: F401
+    from sigprop.experiments import beyond_batchnorm, closed_forms, training, unique  # noqa: F401
 
 
 _MEMO: dict[tuple[str, bool], Data] = {}

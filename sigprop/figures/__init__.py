@@ -106,7 +106,7 @@ def get(name: str) -> Figure:
 
 
 def _load_all() -> None:
-    from sigprop.figures import plots  # noqa: F401
+    from sigprop.figures import plots, training_plots  # noqa: F401
 
 
 def default_out(quick: bool) -> str:

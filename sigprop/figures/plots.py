@@ -309,8 +309,8 @@ def _brock(d, axes) -> dict:
             drawn[f"{metric}/{label}"] = band(ax, v, label, x=np.arange(1, v.shape[-1] + 1),
                                               color=color(label), log=True)
         ax.set(xlabel="residual block (all stages)", title=title)
-    axes[2].text(0.03, 0.05, "sws+skipinit: the branch is x 0 at init (variance 0, off the "
-                 "log axis)", transform=axes[2].transAxes, fontsize=7, color=color("sws"))
+    axes[2].set_title("residual-branch variance\n(sws+skipinit: 0, the branch is x 0 at init)",
+                      fontsize=10)
     _legend(axes[0])
     return drawn
 

@@ -13,6 +13,9 @@ from sigprop.selectors import Taps
 from sigprop.sweep import load_sweep, sweep
 from sigprop.validate import validate
 
+# beyond initialization: sigprop.train(...) and sigprop.coord_check(...) are callable modules
+from sigprop import coord_check, hessian, train  # noqa: E402
+
 # results
 from sigprop.results import LayerMetrics
 
@@ -38,7 +41,11 @@ __all__ = [
     "cnn",
     "resnet56",
     "wrn",
-    # submodules (sigprop.experiments and sigprop.figures import on demand)
+    # beyond initialization
+    "train",
+    "coord_check",
+    "hessian",
+    # submodules (sigprop.experiments, sigprop.figures and sigprop.cluster import on demand)
     "data",
     "devices",
     "engine",

@@ -96,13 +96,17 @@ class Objective:
     def loss(self, params, rest, x, target):
         """``(scalar loss, (outputs, new rest))`` on the batch ``x``."""
         out, new_rest, extra = self.apply(params, rest, x)
+        return self.output_loss(out, target) + extra, (out, new_rest)
+
+    def output_loss(self, outputs, target):
+        """The loss as a function of the model's outputs alone (without the extra loss terms
+        a model may add): ``loss_fn(outputs, key)`` for a key ``target``, else mean softmax
+        cross-entropy against the integer labels ``target``."""
         if _is_key(target):
             plan = engine.Plan((), loss=self.loss_fn)
-            value = engine._loss_value(plan, out, target, ())
-        else:
-            value = optax.softmax_cross_entropy_with_integer_labels(
-                out.reshape(-1, out.shape[-1]), jnp.reshape(target, (-1,))).mean()
-        return value + extra, (out, new_rest)
+            return engine._loss_value(plan, outputs, target, ())
+        return optax.softmax_cross_entropy_with_integer_labels(
+            outputs.reshape(-1, outputs.shape[-1]), jnp.reshape(target, (-1,))).mean()
 
 
 def _is_key(x) -> bool:

@@ -1,0 +1,111 @@
+"""The Hessian spectrum's costs, as ratios measured in this run.
+
+- ``step / (fwd + bwd)``: one Lanczos step of ``sigprop.hessian`` (a linearized Hessian-vector
+  product plus full reorthogonalization against the stored basis) over one jitted forward +
+  backward pass (``jax.grad`` of the same loss, same net and batch). The step time is the
+  slope ``(t(order_hi) - t(order_lo)) / (order_hi - order_lo)`` of a jitted single-probe
+  Lanczos run (``run / order`` is printed too). Full reorthogonalization reads the stored
+  ``order x n`` basis twice per step, so the step cost grows with the order (memory-bound on
+  CPU). Target (issue): <= 3.
+- ``compile order 90 / order 10``: lowering + compiling ``sigprop.hessian.spectrum``'s program
+  at order 90 over order 10 (the scan body does not depend on the order). Target: <= 1.5.
+
+    python benchmarks/hessian.py [--depth 10 --width 256 --batch 128 --norm layernorm]
+        [--repeats 5] [--cnn]   # --cnn: cfg_10 on 32x32 images instead of the MLP
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+
+from sigprop import engine, hessian, models
+from sigprop import objective as objective_lib
+
+
+def _interleaved_min(fns: dict, repeats: int) -> dict:
+    """``{name: min seconds}`` over ``repeats`` rounds, each calling every function once (so
+    the machine's load hits them alike; the minimum is the least disturbed run)."""
+    for fn, args in fns.values():
+        jax.block_until_ready(fn(*args))
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeats):
+        for k, (fn, args) in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            best[k] = min(best[k], time.perf_counter() - start)
+    return best
+
+
+def _compile_seconds(obj, shape, order, probes):
+    """Lower + compile time of spectrum's core (what ``hessian.spectrum`` runs) at ``order``."""
+    keys = jax.random.key_data(engine.seed_keys(jax.random.key(0), 1))
+    flags = tuple(True for _ in jax.tree_util.tree_leaves(
+        obj.split(jax.eval_shape(obj.init, jax.random.key(0),
+                                 jax.ShapeDtypeStruct(shape, jnp.float32)))[0]))
+    start = time.perf_counter()
+    hessian._core.lower(net=obj.net, loss_fn=None, flags=flags, shape=shape, order=order,
+                        batch=max(1, probes - 1), batches=1 if probes > 1 else 0,
+                        gauss_newton=False, precision="highest", impl="threefry2x32",
+                        keys=keys, x=None, given=None, labels=None).compile()
+    return time.perf_counter() - start
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--depth", type=int, default=10)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--norm", default="layernorm")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--cnn", action="store_true", help="cfg_10 on 32x32x3 images")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--orders", type=int, nargs=2, default=(10, 30),
+                   help="the two orders whose time difference gives the step time")
+    args = p.parse_args(argv)
+    if args.cnn:
+        model = models.cnn("cfg_10", norm=args.norm, n_classes=args.classes)
+        shape = (args.batch, 32, 32, 3)
+    else:
+        model = models.mlp(args.depth, args.width, norm=args.norm, n_classes=args.classes)
+        shape = (args.batch, args.width)
+    obj, *_ = objective_lib.objective(model, shape)
+    x = jax.random.normal(jax.random.key(1), shape)
+    labels = jnp.arange(args.batch) % args.classes
+    params, rest = obj.split(obj.init(jax.random.key(0), x))
+    n = objective_lib.count(params)
+    print(f"backend {jax.default_backend()}: {type(model).__name__} norm={args.norm} "
+          f"inputs={shape}, {n} parameters")
+
+    grad = jax.jit(lambda p: jax.grad(lambda q: obj.loss(q, rest, x, labels)[0])(p))
+
+    def run(order):
+        @jax.jit
+        def go(p, v0):
+            matvec = hessian.hvp_fn(obj, p, rest, x, labels)
+            return hessian.lanczos(matvec, v0, order)
+
+        return go
+
+    v0 = jax.random.normal(jax.random.key(2), (n,))
+    lo, hi = args.orders
+    best = _interleaved_min({"grad": (grad, (params,)), "lo": (run(lo), (params, v0)),
+                             "hi": (run(hi), (params, v0))}, args.repeats)
+    t_grad, t_lo, t_hi = best["grad"], best["lo"], best["hi"]
+    step = (t_hi - t_lo) / (hi - lo)
+    print(f"fwd+bwd {t_grad * 1e3:.1f} ms; Lanczos order {lo}: {t_lo * 1e3:.0f} ms, order {hi}: "
+          f"{t_hi * 1e3:.0f} ms (minima of {args.repeats} interleaved rounds)")
+    print(f"step / (fwd + bwd)            {step / t_grad:6.2f}   (target <= 3)")
+    print(f"run / order / (fwd + bwd)     {t_hi / hi / t_grad:6.2f}   (order {hi})")
+
+    c10 = _compile_seconds(obj, shape, 10, probes=2)
+    c90 = _compile_seconds(obj, shape, 90, probes=2)
+    print(f"compile order 90 / order 10   {c90 / c10:6.2f}   ({c90:.1f} s / {c10:.1f} s; target "
+          "<= 1.5)")
+
+
+if __name__ == "__main__":
+    main()

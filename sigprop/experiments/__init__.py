@@ -224,9 +224,6 @@ def measure(name: str, quick: bool = True, *, cache: str | None = None,
     return data
 
 
-def data_only(data: Data, keep: Callable[[str], bool]) -> Data:
-    return Data({k: v for k, v in data.items() if keep(k)}, data.meta)
-
-
 def describe(d: Mapping[str, Any]) -> str:
+    """``"k=v, ..."``: an experiment's sizes in one line."""
     return ", ".join(f"{k}={v}" for k, v in d.items())

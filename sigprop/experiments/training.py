@@ -111,8 +111,7 @@ def _bb_measure(r) -> None:
     for norm in s.norms:
         model = models.mlp(s.depth, s.width, norm=norm, n_classes=K_CLASSES,
                            **_norm_options(norm, s.width))
-        init = r.analyze(f"init/{norm}", model, xp, metrics=("cosine_similarity",))
-        del init
+        r.analyze(f"init/{norm}", model, xp, metrics=("cosine_similarity",))
         search = train.learning_rate_search(model, (xt, yt), rates=s.rates, steps=s.steps,
                                             batch_size=s.batch, seeds=s.seeds,
                                             record_every=s.record_every)

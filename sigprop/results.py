@@ -29,6 +29,40 @@ def axis_of(name: str) -> str:
     raise KeyError(name)
 
 
+def write_npz(path, fmt: str, coords: Mapping, config: Mapping, arrays: Mapping) -> str:
+    """One ``.npz``: ``arrays`` plus ``{"format", "coords", "config"}`` as a JSON string (no
+    pickle). Returns the path written (``.npz`` appended if missing)."""
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        path += ".npz"
+    meta = dict(format=fmt, coords={k: list(v) for k, v in coords.items()}, config=dict(config))
+    with open(path, "wb") as f:
+        np.savez(f, __meta__=np.array(json.dumps(meta)),
+                 **{k: np.asarray(v) for k, v in arrays.items()})
+    return path
+
+
+def read_npz(path, what: str) -> tuple[str, dict, dict]:
+    """``(path, metadata, arrays)`` of a file :func:`write_npz` wrote; anything else is a
+    ValueError saying the file is not a sigprop ``what`` file."""
+    path = os.fspath(path)
+    if not path.endswith(".npz") and not os.path.exists(path):
+        path += ".npz"
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "__meta__" not in data.files:
+                raise ValueError("no sigprop metadata")
+            meta = json.loads(str(data["__meta__"]))
+            arrays = {k: data[k] for k in data.files if k != "__meta__"}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a sigprop {what} file ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is not a sigprop {what} file")
+    return path, meta, arrays
+
+
 @jax.tree_util.register_pytree_node_class
 class LayerMetrics(Mapping):
     """Layerwise metrics of one analysis: ``{name: array}`` with named axes.
@@ -164,34 +198,12 @@ class LayerMetrics(Mapping):
         """Write one ``.npz`` (arrays, plus the names and config as a JSON string; no pickle).
 
         Returns the path written (``.npz`` appended if missing)."""
-        path = os.fspath(path)
-        if not path.endswith(".npz"):
-            path += ".npz"
-        meta = dict(format=_FORMAT, coords={k: list(v) for k, v in self.coords.items()},
-                    config=dict(self.config))
-        with open(path, "wb") as f:
-            np.savez(f, __meta__=np.array(json.dumps(meta)),
-                     **{k: np.asarray(v) for k, v in self._arrays.items()})
-        return path
+        return write_npz(path, _FORMAT, self.coords, self.config, self._arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LayerMetrics":
         """Read a file written by :meth:`save` (also sigprop 0.1's files)."""
-        path = os.fspath(path)
-        if not path.endswith(".npz") and not os.path.exists(path):
-            path += ".npz"
-        if not os.path.exists(path):
-            raise ValueError(f"{path}: no such file")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                if "__meta__" not in data.files:
-                    raise ValueError("no sigprop metadata")
-                meta = json.loads(str(data["__meta__"]))
-                arrays = {k: data[k] for k in data.files if k != "__meta__"}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path} is not a sigprop LayerMetrics file ({e})") from None
-        if not isinstance(meta, dict):
-            raise ValueError(f"{path} is not a sigprop LayerMetrics file")
+        path, meta, arrays = read_npz(path, "LayerMetrics")
         fmt = meta.get("format")
         if fmt == _FORMAT:
             coords = meta["coords"]

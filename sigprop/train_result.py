@@ -12,14 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import zipfile
 from collections.abc import Mapping
 
 import jax
 import numpy as np
 
 from sigprop import metrics as _metrics
-from sigprop.results import LayerMetrics, _freeze, axis_of
+from sigprop.results import LayerMetrics, _freeze, axis_of, read_npz, write_npz
 
 _FORMAT = "sigprop.TrainResult/1"
 
@@ -210,34 +209,15 @@ class TrainResult(Mapping):
     def save(self, path: str | os.PathLike) -> str:
         """One ``.npz``: the arrays, plus coords and config as a JSON string (no pickle).
         Returns the path written (``.npz`` appended if missing)."""
-        path = os.fspath(path)
-        if not path.endswith(".npz"):
-            path += ".npz"
-        meta = dict(format=_FORMAT, coords={k: list(v) for k, v in self.coords.items()},
-                    config=dict(self.config))
-        with open(path, "wb") as f:
-            np.savez(f, __meta__=np.array(json.dumps(meta)),
-                     **{k: np.asarray(v) for k, v in self._arrays.items()})
-        return path
+        return write_npz(path, _FORMAT, self.coords, self.config, self._arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainResult":
         """Read a file written by :meth:`save`."""
-        path = os.fspath(path)
-        if not path.endswith(".npz") and not os.path.exists(path):
-            path += ".npz"
-        if not os.path.exists(path):
-            raise ValueError(f"{path}: no such file")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["__meta__"]))
-                arrays = {k: data[k] for k in data.files if k != "__meta__"}
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError,
-                json.JSONDecodeError) as e:
-            raise ValueError(f"{path} is not a sigprop TrainResult file ({e})") from None
-        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        path, meta, arrays = read_npz(path, "TrainResult")
+        if meta.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a sigprop TrainResult file (format "
-                             f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+                             f"{meta.get('format')!r})")
         return cls(arrays, meta["coords"], _freeze(meta.get("config", {})))
 
     def to_pandas(self):

@@ -6,7 +6,9 @@
   slope ``(t(order_hi) - t(order_lo)) / (order_hi - order_lo)`` of a jitted single-probe
   Lanczos run (``run / order`` is printed too). Full reorthogonalization reads the stored
   ``order x n`` basis twice per step, so the step cost grows with the order (memory-bound on
-  CPU). Target (issue): <= 3.
+  CPU). Target (issue): <= 3. Printed beside it, to split the step: one Hessian-vector
+  product alone and one projection against an ``order_hi x n`` basis alone, each over the
+  forward + backward.
 - ``compile order 90 / order 10``: lowering + compiling ``sigprop.hessian.spectrum``'s program
   at order 90 over order 10 (the scan body does not depend on the order). Target: <= 1.5.
 
@@ -92,14 +94,20 @@ def main(argv=None):
 
     v0 = jax.random.normal(jax.random.key(2), (n,))
     lo, hi = args.orders
+    hvp = jax.jit(lambda p, v: hessian.hvp_fn(obj, p, rest, x, labels)(v))
+    project = jax.jit(hessian._project_out)
+    basis = jax.random.normal(jax.random.key(3), (hi, n))
     best = _interleaved_min({"grad": (grad, (params,)), "lo": (run(lo), (params, v0)),
-                             "hi": (run(hi), (params, v0))}, args.repeats)
+                             "hi": (run(hi), (params, v0)), "hvp": (hvp, (params, v0)),
+                             "project": (project, (basis, v0))}, args.repeats)
     t_grad, t_lo, t_hi = best["grad"], best["lo"], best["hi"]
     step = (t_hi - t_lo) / (hi - lo)
     print(f"fwd+bwd {t_grad * 1e3:.1f} ms; Lanczos order {lo}: {t_lo * 1e3:.0f} ms, order {hi}: "
           f"{t_hi * 1e3:.0f} ms (minima of {args.repeats} interleaved rounds)")
     print(f"step / (fwd + bwd)            {step / t_grad:6.2f}   (target <= 3)")
     print(f"run / order / (fwd + bwd)     {t_hi / hi / t_grad:6.2f}   (order {hi})")
+    print(f"  of which: one HVP alone     {best['hvp'] / t_grad:6.2f}   "
+          f"one projection on {hi} rows {best['project'] / t_grad:.2f}")
 
     c10 = _compile_seconds(obj, shape, 10, probes=2)
     c90 = _compile_seconds(obj, shape, 90, probes=2)

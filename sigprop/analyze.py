@@ -142,7 +142,12 @@ def _linen_variables(net, variables, seeds: int, x_abstract):
                          f"got {type(variables).__name__}")
     expected = jax.eval_shape(net.init, jax.random.key(0), x_abstract)
     probes = expected.pop(engine.probe.PROBES, None)
-    given = {c: v for c, v in dict(variables).items() if c not in (engine.probe.PROBES,)}
+    # Collections the model only sows (RegNorm's extra loss terms, sigprop's records) are
+    # outputs: a given value is dropped, or ``sow`` would add the pass's terms to it.
+    for c in engine.probe.SOWN:
+        expected.pop(c, None)
+    given = {c: v for c, v in dict(variables).items()
+             if c not in (engine.probe.PROBES,) + engine.probe.SOWN}
     missing = sorted(set(expected) - set(given))
     if missing:
         raise ValueError(f"variables=: the model also needs the collection(s) {missing} (give "

@@ -44,6 +44,7 @@ PROBES = "probes"  # gradient probes, differentiated
 PAIR_PROBES = "pair_probes"  # gradient probes of the pair pass
 LOSSES = "losses"  # extra loss terms (RegNorm), sown
 TAP_COLLECTIONS = (MOMENTS, GRAM, PAIR, BRANCH)
+SOWN = TAP_COLLECTIONS + (LOSSES,)  # outputs of a pass, never inputs
 PAIR_AXIS = "sigprop_pair"  # vmap axis of a pair of batches (similar-batch correlation)
 # leaf keys of the records
 _MOMENTS_KEY, _HI_KEY, _LO_KEY, _PAIR_KEY, _BRANCH_KEY, _GRAD_KEY = "m", "h", "l", "c", "r", "g"

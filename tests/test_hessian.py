@@ -108,6 +108,22 @@ def case(name):
         params = variables["params"]
         forward = (_bn_mlp_forward if name == "batchnorm"
                    else lambda p, x: model.apply({"params": p}, x))
+    elif name == "regnorm":
+        # variables without the sown 'losses' collection (as sigprop.train returns them): an
+        # output of the pass, never an input; the loss adds the regularizer flax's apply sows
+        model = models.mlp(2, WIDTH, norm=name, n_classes=C)
+        params = model.init(jax.random.key(2), x)["params"]
+        variables = {"params": params}
+
+        def loss(w):
+            out, state = model.apply({"params": unravel(w)}, jnp.asarray(x, jnp.float64),
+                                     mutable=["losses"])
+            extra = sum(jnp.sum(t) for t in jax.tree_util.tree_leaves(state["losses"]))
+            return _ce(out, labels) + extra
+
+        w0, unravel = ravel_pytree(params)
+        return dict(model=model, x=x, variables=variables, labels=labels, params=params, w0=w0,
+                    loss=loss, unravel=unravel)
     elif name == "cnn_groupnorm":
         x = jax.random.normal(jax.random.key(1), (4, 5, 5, 3))
         labels = jnp.arange(4) % C
@@ -159,7 +175,7 @@ def _mean_error(got, h):
     return _rel(got, np.trace(h) / n, max(abs(np.trace(h)) / n, np.sqrt(np.sum(h * h) / n)))
 
 
-CASES = ("none", "layernorm", "batchnorm", "cnn_groupnorm", "linen_bn", "nnx_bn")
+CASES = ("none", "layernorm", "batchnorm", "regnorm", "cnn_groupnorm", "linen_bn", "nnx_bn")
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -2,9 +2,10 @@
 
 Every batched computation in sigprop (``analyze``'s seeds, ``sweep``'s grid points x seeds) has one
 leading axis of independent work. :func:`shard_leading` places that axis over a 1-D
-:class:`~jax.sharding.Mesh` of all devices, padding it to a multiple of the device count; XLA then
-partitions the vmapped computation along it, so each device runs its share and no data crosses
-devices. Results are identical to a single device: every item along the axis is computed from its
+:class:`~jax.sharding.Mesh` of all devices, padding it to a multiple of the device count; the
+engine's program runs under ``jax.shard_map`` over that axis, so each device runs the vmapped
+computation on its own items and no data crosses devices (``tests/test_sharding.py`` checks the
+compiled program has no collective). Results are identical to a single device: every item along the axis is computed from its
 own key, and the padding items are dropped.
 
 Multi-host (several processes, e.g. a TPU pod slice or several GPU hosts): call

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import PartitionSpec
 
 from sigprop import devices, metrics, nnx_taps, probe, selectors, xla_cpu
 from sigprop.models.layers import KERNEL_KEYS
@@ -519,23 +520,38 @@ def finish(records: dict, plan: Plan) -> dict:
     return out
 
 
-def _core_fn(net, make, shape, dtype, keys, x, variables, values, plan, precision, impl):
+def _core_fn(net, make, shape, dtype, keys, x, variables, values, plan, precision, impl,
+             mesh=None):
     """All items in one vmapped call. ``keys``: raw key data ``[n, ...]`` (``impl``);
     ``variables``: ``[n, ...]`` leaves or None; ``values``: ``[n, F]`` traced floats for
-    ``make`` (a sweep's value group) or None. The leading axes may be sharded."""
-    keys = jax.random.wrap_key_data(keys, impl=impl)
+    ``make`` (a sweep's value group) or None.
 
-    def one(key, v, vals):
-        item = net if make is None else net.with_module(make(vals))
-        return measure_item(item, shape, dtype, key, x, v, plan)
+    ``mesh`` (more than one device): the leading axes are sharded over it and each device runs
+    the vmapped program on its own items (``jax.shard_map``), so nothing crosses devices: the
+    partitioner would otherwise all-reduce a batch-wide predicate (the Gram record's float64
+    check) and all-gather every Gram matrix to each device for the LAPACK call, which it cannot
+    partition (both deadlocked XLA:CPU's forced host devices on two cores)."""
+    def local(keys, x, variables, values):
+        keys = jax.random.wrap_key_data(keys, impl=impl)
 
-    with jax.default_matmul_precision(precision):
-        return jax.vmap(one, in_axes=(0, None if variables is None else 0,
-                                      None if values is None else 0))(keys, variables, values)
+        def one(key, v, vals):
+            item = net if make is None else net.with_module(make(vals))
+            return measure_item(item, shape, dtype, key, x, v, plan)
+
+        with jax.default_matmul_precision(precision):
+            return jax.vmap(one, in_axes=(0, None if variables is None else 0,
+                                          None if values is None else 0))(keys, variables,
+                                                                           values)
+
+    if mesh is None or mesh.devices.size == 1:
+        return local(keys, x, variables, values)
+    lead, whole = PartitionSpec(devices.AXIS), PartitionSpec()
+    return jax.shard_map(local, mesh=mesh, in_specs=(lead, whole, lead, lead), out_specs=lead,
+                         check_vma=False)(keys, x, variables, values)
 
 
 _core = xla_cpu.fast_rng(jax.jit(_core_fn, static_argnames=(
-    "net", "make", "shape", "dtype", "plan", "precision", "impl")))
+    "net", "make", "shape", "dtype", "plan", "precision", "impl", "mesh")))
 
 
 def _pad(tree, n: int, padded: int):
@@ -570,7 +586,7 @@ def execute(net, shape, dtype, keys, x, variables, plan: Plan, precision="highes
     if x is not None:
         x = jax.device_put(x, devices.replicated(m))
     out = _core(keys=devices.shard_leading(data, m), x=x, variables=variables, values=values,
-                **args)
+                mesh=m, **args)
     host = devices.to_host(out)
     return jax.tree_util.tree_map(lambda a: a[:n], host)
 

@@ -8,6 +8,11 @@ version-gated (:data:`TESTED_JAXLIB`) and probed once on matrices with known eig
 other jaxlib, or any failure, means ``jnp.linalg.eigvalsh``, and
 ``tests/test_metrics.py::test_eigenvalues_only_path_is_found_while_tracing`` fails, so a silent
 fallback is noticed.
+
+With more than one CPU device in the process (``--xla_force_host_platform_device_count``), each
+matrix gets its own LAPACK call: jaxlib 0.10's batched CPU kernels split a batch over XLA's
+intra-op pool and block a pool thread while they wait, and the devices' calls side by side
+deadlocked a 2-thread pool.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 
 def syevd_values(g, mode: str):
@@ -78,6 +84,13 @@ def eigvalsh(g):
     On CPU, LAPACK's ``?syevd`` without eigenvectors when jaxlib's FFI target allows it
     (:func:`eigenvalues_only_works`; 1.3-1.6x faster than ``jnp.linalg.eigvalsh``, which
     always computes eigenvectors, on 3200 matrices of 32 x 32); else ``jnp.linalg.eigvalsh``."""
+    if g.ndim > 2 and jax.default_backend() == "cpu" and jax.local_device_count() > 1:
+        # jaxlib 0.10's CPU LAPACK kernels split a batch over XLA's intra-op pool and block a
+        # pool thread until the parts are done: one such call per device at once (the devices
+        # run side by side) exhausted a 2-thread pool and deadlocked. One matrix per call is
+        # never split.
+        flat = g.reshape((-1,) + g.shape[-2:])
+        return lax.map(eigvalsh, flat).reshape(g.shape[:-1])
     if g.ndim >= 2 and jax.default_backend() == "cpu" and eigenvalues_only_works():
         w, info = syevd_values(g, "N")
         return jnp.where((info == 0)[..., None], w, jnp.nan)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from sigprop import engine, hessian, models
+from sigprop import lanczos as lanczos_lib
 from sigprop import objective as objective_lib
 
 
@@ -95,7 +96,7 @@ def main(argv=None):
     v0 = jax.random.normal(jax.random.key(2), (n,))
     lo, hi = args.orders
     hvp = jax.jit(lambda p, v: hessian.hvp_fn(obj, p, rest, x, labels)(v))
-    project = jax.jit(hessian._project_out)
+    project = jax.jit(lanczos_lib._project_out)
     basis = jax.random.normal(jax.random.key(3), (hi, n))
     best = _interleaved_min({"grad": (grad, (params,)), "lo": (run(lo), (params, v0)),
                              "hi": (run(hi), (params, v0)), "hvp": (hvp, (params, v0)),

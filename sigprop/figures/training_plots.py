@@ -63,8 +63,8 @@ def _outlier_ratio(d, axes) -> dict:
 
 register(Figure(
     "outlier_ratio", "hessian_training",
-    "[U] Hessian outliers through training: layernorm keeps large outliers, batchnorm and "
-    "prelayernorm suppress them", (1, 2), _outlier_ratio, _hessian_caption))
+    "[U] claim 8: the Hessian's outliers lambda_1 / lambda_K through training, per normalizer",
+    (1, 2), _outlier_ratio, _hessian_caption))
 
 
 def _trajectories(d, axes) -> dict:

@@ -530,7 +530,7 @@ def _core_fn(net, make, shape, dtype, keys, x, variables, values, plan, precisio
     the vmapped program on its own items (``jax.shard_map``), so nothing crosses devices: the
     partitioner would otherwise all-reduce a batch-wide predicate (the Gram record's float64
     check) and all-gather every Gram matrix to each device for the LAPACK call, which it cannot
-    partition (both deadlocked XLA:CPU's forced host devices on two cores)."""
+    partition (every device then solved every item's eigenvalue problems)."""
     def local(keys, x, variables, values):
         keys = jax.random.wrap_key_data(keys, impl=impl)
 

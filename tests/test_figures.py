@@ -2,7 +2,7 @@
 (orders, slopes, theory within the claim's tolerance), not just a file. The same experiments
 then pass every ``sigprop validate --quick`` claim without measuring again (one definition).
 
-Marked ``figures`` (about 7 minutes on 2 cores): ``python -m pytest -m "figures or notebooks"``.
+Marked ``figures`` (about 7 minutes on 2 cores): ``python -m pytest -m "figures or notebooks or reference"``.
 """
 
 import importlib

@@ -4,7 +4,7 @@ fresh folder, outside the repository; its first cells are the Colab badge and th
 which does nothing here.
 
 Marked ``notebooks`` (01 + 02: about 3-5 minutes on 2 busy cores):
-``python -m pytest -q -m "figures or notebooks"``. A new notebook (``notebooks/src/NN_name.py``,
+``python -m pytest -q -m "figures or notebooks or reference"``. A new notebook (``notebooks/src/NN_name.py``,
 then ``python notebooks/build.py NN_name``) is picked up by every test here.
 """
 

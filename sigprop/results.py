@@ -63,18 +63,10 @@ def read_npz(path, what: str) -> tuple[str, dict, dict]:
     return path, meta, arrays
 
 
-@jax.tree_util.register_pytree_node_class
-class LayerMetrics(Mapping):
-    """Layerwise metrics of one analysis: ``{name: array}`` with named axes.
-
-    Every array is ``[..., seed, <layer axis>]``: ``layer`` (activation taps, names in
-    ``layer_names``), ``grad_layer`` (gradient taps, ``grad_layer_names``) or ``branch_layer``
-    (residual branches, ``branch_layer_names``); leading axes (a sweep's grid) come first.
-    ``finite`` / ``grad_finite`` / ``branch_finite`` flag, per seed and layer, whether the
-    observed values and their metrics were finite. Metrics are read as items
-    (``res["cosine_similarity"]``) or attributes (``res.cosine_similarity``); a registered
-    metric that was not measured reads as None. ``config`` records how it was made.
-    """
+class NamedArrays(Mapping):
+    """``{name: array}`` with ``coords`` (axis name -> labels) and a frozen ``config``: a
+    mapping, and a pytree whose leaves are the arrays (so results pass through ``jax.jit`` and
+    ``jax.tree_util``). The base of :class:`LayerMetrics` and ``sigprop.train.TrainResult``."""
 
     def __init__(self, arrays: dict, coords: dict, config: tuple = ()):
         self._arrays = dict(arrays)
@@ -94,7 +86,7 @@ class LayerMetrics(Mapping):
     # ------------------------------------------------------------------------------ mapping
     def __getitem__(self, name: str):
         if name not in self._arrays:
-            raise KeyError(f"unknown metric {name!r} for this result; it has: {', '.join(self)}")
+            raise KeyError(self._missing(name))
         return self._arrays[name]
 
     def __iter__(self):
@@ -103,15 +95,45 @@ class LayerMetrics(Mapping):
     def __len__(self):
         return len(self._arrays)
 
+    def _missing(self, name: str) -> str:
+        return f"no {name!r} here; there are: {', '.join(self)}"
+
+    # attribute access: an array by name; a known name that was not measured reads as None
+    _PLAIN = ("coords", "config")  # attributes, never array names
+
+    def _known(self, name: str) -> bool:
+        return False
+
     def __getattr__(self, name: str):
-        if name.startswith("_") or name in ("coords", "config"):
+        if name.startswith("_") or name in self._PLAIN:
             raise AttributeError(name)
         arrays = self.__dict__.get("_arrays", {})
         if name in arrays:
             return arrays[name]
-        if name in _metrics.REGISTRY or name in _FLAG_AXES:
-            return None  # registered, not measured
-        raise AttributeError(f"LayerMetrics has no {name!r}; it has: {', '.join(arrays)}")
+        if self._known(name):
+            return None
+        raise AttributeError(f"{type(self).__name__} has no {name!r}; it has: "
+                             f"{', '.join(arrays)}")
+
+
+@jax.tree_util.register_pytree_node_class
+class LayerMetrics(NamedArrays):
+    """Layerwise metrics of one analysis: ``{name: array}`` with named axes.
+
+    Every array is ``[..., seed, <layer axis>]``: ``layer`` (activation taps, names in
+    ``layer_names``), ``grad_layer`` (gradient taps, ``grad_layer_names``) or ``branch_layer``
+    (residual branches, ``branch_layer_names``); leading axes (a sweep's grid) come first.
+    ``finite`` / ``grad_finite`` / ``branch_finite`` flag, per seed and layer, whether the
+    observed values and their metrics were finite. Metrics are read as items
+    (``res["cosine_similarity"]``) or attributes (``res.cosine_similarity``); a registered
+    metric that was not measured reads as None. ``config`` records how it was made.
+    """
+
+    def _known(self, name: str) -> bool:
+        return name in _metrics.REGISTRY or name in _FLAG_AXES  # registered, not measured
+
+    def _missing(self, name: str) -> str:
+        return f"unknown metric {name!r} for this result; it has: {', '.join(self)}"
 
     # ------------------------------------------------------------------------------ access
     def axes(self, name: str) -> tuple[str, ...]:

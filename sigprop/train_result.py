@@ -12,13 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
 
 import jax
 import numpy as np
 
 from sigprop import metrics as _metrics
-from sigprop.results import LayerMetrics, _freeze, axis_of, read_npz, write_npz
+from sigprop.results import LayerMetrics, NamedArrays, _freeze, axis_of, read_npz, write_npz
 
 _FORMAT = "sigprop.TrainResult/1"
 
@@ -46,7 +45,7 @@ def _layer_axis(name: str) -> str | None:
 
 
 @jax.tree_util.register_pytree_node_class
-class TrainResult(Mapping):
+class TrainResult(NamedArrays):
     """Records of one training run (see the module doc): ``res["train_loss"]``,
     ``res.cosine_similarity``, ``res.step``, ``res.at(step)``.
 
@@ -54,42 +53,16 @@ class TrainResult(Mapping):
     from :func:`sigprop.train.train` (not saved)."""
 
     def __init__(self, arrays: dict, coords: dict, config: tuple = ()):
-        self._arrays = dict(arrays)
-        self.coords = {k: tuple(v) for k, v in coords.items()}
-        self.config = config
+        super().__init__(arrays, coords, config)
         self.variables = None
 
-    # ------------------------------------------------------------------------------ pytree
-    def tree_flatten(self):
-        keys = tuple(self._arrays)
-        return [self._arrays[k] for k in keys], (keys, tuple(self.coords.items()), self.config)
+    def _missing(self, name: str) -> str:
+        return f"{name!r} was not recorded; this result has: {', '.join(self)}"
 
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        keys, coords, config = aux
-        return cls(dict(zip(keys, children)), dict(coords), config)
+    _PLAIN = ("coords", "config", "variables")
 
-    # ------------------------------------------------------------------------------ mapping
-    def __getitem__(self, name: str):
-        if name not in self._arrays:
-            raise KeyError(f"{name!r} was not recorded; this result has: {', '.join(self)}")
-        return self._arrays[name]
-
-    def __iter__(self):
-        return iter(self._arrays)
-
-    def __len__(self):
-        return len(self._arrays)
-
-    def __getattr__(self, name: str):
-        if name.startswith("_") or name in ("coords", "config", "variables"):
-            raise AttributeError(name)
-        arrays = self.__dict__.get("_arrays", {})
-        if name in arrays:
-            return arrays[name]
-        if name in _metrics.REGISTRY or name in SCALARS:
-            return None  # known, not recorded
-        raise AttributeError(f"TrainResult has no {name!r}; it has: {', '.join(arrays)}")
+    def _known(self, name: str) -> bool:
+        return name in _metrics.REGISTRY or name in SCALARS  # known, not recorded
 
     # ------------------------------------------------------------------------------ access
     @property

@@ -9,6 +9,20 @@ import os
 import sys
 
 
+def add_model_args(p, *, model: str, norm: str) -> None:
+    """The zoo-model options :func:`_build_model` reads (``--model``, ``--cfg``, ``--norm``,
+    sizes, normalizer options, resnet flags), shared by ``analyze``, ``hessian`` and ``train``."""
+    p.add_argument("--model", choices=["mlp", "cnn", "resnet56", "wrn"], default=model)
+    p.add_argument("--cfg", default="cfg_10", help="cnn: cfg_10, cfg_20, cfg_40 or uniform")
+    p.add_argument("--norm", default=norm)
+    p.add_argument("--depth", type=int, default=None)
+    p.add_argument("--width", type=int, default=None, help="width (mlp, uniform cnn) or k (wrn)")
+    p.add_argument("--group-size", type=int, default=None)
+    p.add_argument("--num-groups", type=int, default=None)
+    p.add_argument("--preact", action="store_true")
+    p.add_argument("--skipinit", action="store_true")
+
+
 def _build_model(args):
     from sigprop import models
 
@@ -60,15 +74,7 @@ def main(argv=None) -> int:
     q.add_argument("--out", default="figures/quickstart.png")
 
     a = sub.add_parser("analyze", help="analyse one model; print final-layer metrics, save .npz")
-    a.add_argument("--model", choices=["mlp", "cnn", "resnet56", "wrn"], default="cnn")
-    a.add_argument("--cfg", default="cfg_10", help="cnn: cfg_10, cfg_20, cfg_40 or uniform")
-    a.add_argument("--norm", default="batchnorm")
-    a.add_argument("--depth", type=int, default=None)
-    a.add_argument("--width", type=int, default=None, help="width (mlp, uniform cnn) or k (wrn)")
-    a.add_argument("--group-size", type=int, default=None)
-    a.add_argument("--num-groups", type=int, default=None)
-    a.add_argument("--preact", action="store_true")
-    a.add_argument("--skipinit", action="store_true")
+    add_model_args(a, model="cnn", norm="batchnorm")
     a.add_argument("--classes", type=int, default=100)
     a.add_argument("--batch", type=int, default=64)
     a.add_argument("--image", type=int, default=32)

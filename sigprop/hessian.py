@@ -505,15 +505,8 @@ def cli_parser(sub):
                     "model at initialization (batch statistics in train mode); prints "
                     "lambda_max, lambda_min, the top 5 eigenvalues, lambda_1/lambda_K (K = "
                     "--classes) and the trace, per seed.")
-    h.add_argument("--model", choices=["mlp", "cnn", "resnet56", "wrn"], default="mlp")
-    h.add_argument("--cfg", default="cfg_10", help="cnn: cfg_10, cfg_20, cfg_40 or uniform")
-    h.add_argument("--norm", default="layernorm")
-    h.add_argument("--depth", type=int, default=None)
-    h.add_argument("--width", type=int, default=None, help="width (mlp, uniform cnn) or k (wrn)")
-    h.add_argument("--group-size", type=int, default=None)
-    h.add_argument("--num-groups", type=int, default=None)
-    h.add_argument("--preact", action="store_true")
-    h.add_argument("--skipinit", action="store_true")
+    from sigprop.cli import add_model_args
+    add_model_args(h, model="mlp", norm="layernorm")
     h.add_argument("--classes", type=int, default=10)
     h.add_argument("--batch", type=int, default=64)
     h.add_argument("--image", type=int, default=32)

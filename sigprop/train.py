@@ -385,15 +385,8 @@ def cli_parser(sub) -> None:
                                    "every analyze metric, the train (and held-out) loss and "
                                    "accuracy and the gradient cosines every --record-every "
                                    "steps; print the curve, save a TrainResult .npz.")
-    t.add_argument("--model", choices=["mlp", "cnn", "resnet56", "wrn"], default="mlp")
-    t.add_argument("--cfg", default="cfg_10", help="cnn: cfg_10, cfg_20, cfg_40 or uniform")
-    t.add_argument("--norm", default="batchnorm")
-    t.add_argument("--depth", type=int, default=None)
-    t.add_argument("--width", type=int, default=None, help="width (mlp, uniform cnn) or k (wrn)")
-    t.add_argument("--group-size", type=int, default=None)
-    t.add_argument("--num-groups", type=int, default=None)
-    t.add_argument("--preact", action="store_true")
-    t.add_argument("--skipinit", action="store_true")
+    from sigprop.cli import add_model_args
+    add_model_args(t, model="mlp", norm="batchnorm")
     t.add_argument("--classes", type=int, default=10)
     t.add_argument("--data", default="mnist", help="mnist, digits or cifar10:PATH")
     t.add_argument("--held-out", type=int, default=0,

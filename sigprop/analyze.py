@@ -265,25 +265,32 @@ def analyze(model, inputs, *, seeds: int = 1, key=0, variables=None, taps: Taps 
                          "they need float inputs, not integer ones")
     x_abstract = jax.ShapeDtypeStruct(shape, dtype)
     net, own_state = network(model, x_abstract, taps, kw)
-    given = None
-    if own_state is not None:
-        if seeds != 1:
-            raise ValueError(f"seeds={seeds} with an nnx.Module instance, which has one set of "
-                             "weights: pass seeds=1, or a callable rngs -> nnx.Module for a "
-                             "fresh network per seed")
-        if variables is not None:
-            raise ValueError("variables=: an nnx.Module instance measures its own weights")
-        given = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], own_state)
-    elif variables is not None:
-        if net.kind != "linen":
-            raise ValueError("variables= is for flax.linen models; an nnx model holds its own")
-        given = _linen_variables(net, variables, seeds, x_abstract)
+    given = given_variables(net, own_state, variables, seeds, x_abstract)
     out = engine.execute(net, shape, dtype, seed_keys(root, seeds), x, given, plan, precision,
                          mesh)
     config = run_config(model, shape, seeds, key, x is not None, plan)
     result = LayerMetrics.from_engine(out, config)
     warn_nonfinite(result)
     return result
+
+
+def given_variables(net, own_state, variables, seeds: int, x_abstract):
+    """The weights a run starts from instead of ``init``: an nnx instance's own state (with a
+    seed axis of 1), or linen ``variables=`` checked against the network (a seed axis added
+    where missing); None when each seed is initialized."""
+    if own_state is not None:
+        if seeds != 1:
+            raise ValueError(f"seeds={seeds} with an nnx.Module instance, which has one set of "
+                             "weights: pass seeds=1, or a callable rngs -> nnx.Module for a "
+                             "fresh network per seed")
+        if variables is not None:
+            raise ValueError("variables=: an nnx.Module instance uses its own weights")
+        return jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], own_state)
+    if variables is None:
+        return None
+    if net.kind != "linen":
+        raise ValueError("variables= is for flax.linen models; an nnx model holds its own")
+    return _linen_variables(net, variables, seeds, x_abstract)
 
 
 def run_config(model, shape, seeds, key, user_inputs: bool, plan: Plan) -> dict:

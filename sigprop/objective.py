@@ -29,7 +29,7 @@ import optax
 from flax import nnx
 
 from sigprop import engine, probe
-from sigprop.analyze import (_check_apply_kwargs, _linen_variables, check_inputs, check_seeds,
+from sigprop.analyze import (_check_apply_kwargs, check_inputs, check_seeds, given_variables,
                               network)
 
 _TAP_COLLECTIONS = (probe.PROBES, probe.PAIR_PROBES, probe.MOMENTS, probe.GRAM, probe.PAIR,
@@ -123,18 +123,8 @@ def objective(model, inputs, *, seeds: int = 1, variables=None, loss=None,
     shape, dtype, x = check_inputs(model, inputs)
     x_abstract = jax.ShapeDtypeStruct(shape, dtype)
     net, own_state = network(model, x_abstract, None, kw)
-    given = None
-    if own_state is not None:
-        if seeds != 1:
-            raise ValueError(f"seeds={seeds} with an nnx.Module instance, which has one set of "
-                             "weights: pass seeds=1, or a callable rngs -> nnx.Module")
-        if variables is not None:
-            raise ValueError("variables=: an nnx.Module instance uses its own weights")
-        given = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], own_state)
-    elif variables is not None:
-        if net.kind != "linen":
-            raise ValueError("variables= is for flax.linen models; an nnx model holds its own")
-        given = _linen_variables(net, variables, seeds, x_abstract)
+    given = given_variables(net, own_state, variables, seeds, x_abstract)
+    if given is not None and own_state is None:
         given = {c: t for c, t in given.items() if c not in _TAP_COLLECTIONS}
     return Objective(net, loss, given), shape, dtype, x
 

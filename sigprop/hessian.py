@@ -97,8 +97,9 @@ def flat_loss(obj, params, rest, x, target, mask=None) -> tuple[Callable, jax.Ar
 def hvp_fn(obj, params, rest, x, target, mask=None, *, gauss_newton=False) -> Callable:
     """``matvec(v) = H v`` (``[n] -> [n]``), ``H`` the Hessian of :func:`flat_loss` at ``w0``
     (``gauss_newton=True``: the Gauss-Newton matrix ``J^T H_z J``, which leaves out the model's
-    extra loss terms). Forward-over-reverse (``jax.jvp`` of ``jax.grad``: ~1.2x a forward +
-    backward pass per product). A model with a ``custom_vjp`` (no forward mode, e.g. the zoo's
+    extra loss terms). Forward-over-reverse (``jax.jvp`` of ``jax.grad``: a product costs
+    2.4-3.1x a forward + backward pass, benchmarks/hessian.py; in matmul flops 3x, as the
+    tangent doubles each matmul of the forward and the backward). A model with a ``custom_vjp`` (no forward mode, e.g. the zoo's
     CPU convolution) gets reverse-over-reverse, linearized once (the vjp of the gradient)."""
     if not gauss_newton:
         f, w0 = flat_loss(obj, params, rest, x, target, mask)
@@ -402,7 +403,7 @@ def _core_fn(net, loss_fn, flags, shape, order, batch, batches, gauss_newton, pr
 
 _core = xla_cpu.fast_rng(jax.jit(_core_fn, static_argnames=(
     "net", "loss_fn", "flags", "shape", "order", "batch", "batches", "gauss_newton", "precision",
-    "impl")))
+    "impl"), compiler_options=xla_cpu.loop_options()))
 
 
 def _check_labels(labels, shape):

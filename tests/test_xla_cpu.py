@@ -79,3 +79,30 @@ def test_analyze_numbers_do_not_depend_on_the_lowering():
     assert set(fast) == {"cosine_similarity", "effective_rank", "grad_norm", "finite",
                          "grad_finite"}
     assert jnp.all(jnp.isfinite(fast["effective_rank"].value))
+
+
+def test_loop_options_exist_here_and_change_rounding_only():
+    """``hessian.spectrum``'s program compiles with :func:`xla_cpu.loop_options`: they must be
+    set on this jax (else the program silently falls back to the slow-prone default), and a
+    loop of Hessian-vector products compiled with them agrees with jax's default compile to
+    float32 rounding."""
+    from sigprop import hessian, objective as objective_lib
+
+    options = xla_cpu.loop_options()
+    assert options == {"xla_cpu_use_fusion_emitters": False}
+    model, shape = sigprop.mlp(3, 16, norm="layernorm"), (8, 16)
+    obj, *_ = objective_lib.objective(model, shape)
+    x = jax.random.normal(jax.random.key(1), shape)
+    labels = jnp.arange(8) % 10
+    params, rest = obj.split(obj.init(jax.random.key(0), x))
+
+    def loop(p, v):
+        matvec = hessian.hvp_fn(obj, p, rest, x, labels)
+        return jax.lax.fori_loop(0, 5, lambda i, v: matvec(v) / jnp.linalg.norm(v), v)
+
+    v0 = jax.random.normal(jax.random.key(2), (objective_lib.count(params),))
+    with_options = jax.jit(loop, compiler_options=options)(params, v0)
+    default = jax.jit(loop)(params, v0)
+    np.testing.assert_allclose(np.asarray(with_options), np.asarray(default), rtol=1e-5,
+                               atol=1e-6 * float(jnp.max(jnp.abs(default))))
+    assert float(jnp.max(jnp.abs(default))) > 0

@@ -58,7 +58,8 @@ def _compile_seconds(obj, shape, order, probes):
     start = time.perf_counter()
     hessian._core.lower(net=obj.net, loss_fn=None, flags=flags, shape=shape, order=order,
                         batch=max(1, probes - 1), batches=1 if probes > 1 else 0,
-                        gauss_newton=False, precision="highest", impl="threefry2x32",
+                        gauss_newton=False, vmapped=hessian._vmapped(), precision="highest",
+                        impl="threefry2x32",
                         keys=keys, x=None, given=None, labels=None).compile()
     return time.perf_counter() - start
 
@@ -101,7 +102,8 @@ def main(argv=None):
 
     v0 = jax.random.normal(jax.random.key(2), (n,))
     lo, hi = args.orders
-    hvp = jax.jit(lambda p, v: hessian.hvp_fn(obj, p, rest, x, labels)(v))
+    hvp = jax.jit(lambda p, v: hessian.hvp_fn(obj, p, rest, x, labels)(v),
+                  compiler_options=xla_cpu.loop_options())
     project = jax.jit(lanczos_lib._project_out)
     rows = -(-hi // lanczos_lib.BLOCK) * lanczos_lib.BLOCK  # whole blocks, as in a run
     basis = jax.random.normal(jax.random.key(3), (rows, n))

@@ -346,6 +346,15 @@ DEFLATE_TOL = 1e-3  # a first-run Ritz pair is deflated if its residual <= this 
 PROBE_BATCH_BYTES = 2 ** 30  # Lanczos bases held at once (all seeds); more probes run in turn
 
 
+def _vmapped() -> bool:
+    """Whether seeds and probes are vmapped (accelerators) or run one after another (CPU, where
+    a vmapped run's reorthogonalization reads strided basis blocks: a vmap of one seed took 2x
+    the time per Lanczos step, and ``spectrum(order=90, probes=8)`` of the benchmark's
+    663k-parameter MLP 156 s vmapped against 52-66 s in turn). The numbers are the same up to
+    float32 rounding (tests/test_hessian.py)."""
+    return jax.default_backend() != "cpu"
+
+
 def _check_int(name, value, low, high=None, why="") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low \
             or (high is not None and value > high):
@@ -354,8 +363,13 @@ def _check_int(name, value, low, high=None, why="") -> int:
     return int(value)
 
 
-def _seed_fn(net, loss_fn, flags, shape, order, batch, batches, gauss_newton, key, x, given,
-             labels):
+def _map(fn, xs, vmapped: bool):
+    """``fn`` over the leading axis of ``xs``: vmapped, or one after another (``lax.map``)."""
+    return jax.vmap(fn)(xs) if vmapped else lax.map(fn, xs)
+
+
+def _seed_fn(net, loss_fn, flags, shape, order, batch, batches, gauss_newton, vmapped, key, x,
+             given, labels):
     """Everything for one seed (see :func:`spectrum`)."""
     obj = objective_lib.Objective(net, loss_fn)
     k_data, k_run = jax.random.split(key)  # the splits of sigprop.engine.measure_item
@@ -381,7 +395,7 @@ def _seed_fn(net, loss_fn, flags, shape, order, batch, batches, gauss_newton, ke
         starts = gb - (gb @ ritz_vecs.T) @ ritz_vecs
         if batch <= n - order:  # a random orthonormal frame of the complement (see spectrum)
             starts = jnp.linalg.qr(starts.T)[0].T
-        return jax.vmap(lambda v: _lanczos(matvec, v, order, locked=ritz_vecs)[:2])(starts)
+        return _map(lambda v: _lanczos(matvec, v, order, locked=ritz_vecs)[:2], starts, vmapped)
 
     al, be = lax.map(run, g[1:].reshape(batches, batch, n))
     al, be = al.reshape(-1, order), be.reshape(-1, order)
@@ -392,18 +406,20 @@ def _seed_fn(net, loss_fn, flags, shape, order, batch, batches, gauss_newton, ke
                 betas=jnp.concatenate([out["betas"], be]))
 
 
-def _core_fn(net, loss_fn, flags, shape, order, batch, batches, gauss_newton, precision, impl,
-             keys, x, given, labels):
+def _core_fn(net, loss_fn, flags, shape, order, batch, batches, gauss_newton, vmapped,
+             precision, impl, keys, x, given, labels):
     keys = jax.random.wrap_key_data(keys, impl=impl)
-    one = lambda k, v: _seed_fn(net, loss_fn, flags, shape, order, batch, batches,  # noqa: E731
-                                gauss_newton, k, x, v, labels)
+    one = lambda k, v: _seed_fn(net, loss_fn, flags, shape, order, batch,  # noqa: E731
+                                batches, gauss_newton, vmapped, k, x, v, labels)
     with jax.default_matmul_precision(precision):
-        return jax.vmap(one, in_axes=(0, None if given is None else 0))(keys, given)
+        if given is None:
+            return _map(lambda k: one(k, None), keys, vmapped)
+        return _map(lambda kv: one(*kv), (keys, given), vmapped)
 
 
 _core = xla_cpu.fast_rng(jax.jit(_core_fn, static_argnames=(
-    "net", "loss_fn", "flags", "shape", "order", "batch", "batches", "gauss_newton", "precision",
-    "impl"), compiler_options=xla_cpu.loop_options()))
+    "net", "loss_fn", "flags", "shape", "order", "batch", "batches", "gauss_newton", "vmapped",
+    "precision", "impl"), compiler_options=xla_cpu.loop_options()))
 
 
 def _check_labels(labels, shape):
@@ -428,7 +444,8 @@ def spectrum(model, inputs, *, variables=None, loss=None, params=None, order: in
     steps from Gaussian starts: probe 0's run of ``H``, then ``probes - 1`` runs deflated of
     its converged Ritz pairs (module doc), vmapped over probes (in groups that keep the
     Lanczos bases under ``PROBE_BATCH_BYTES``) and seeds in one jitted call, whose compile time
-    does not depend on ``order``. Float32 throughout.
+    does not depend on ``order``; on CPU the same program runs seeds and probes one after
+    another (:func:`_vmapped`). Float32 throughout.
 
     Args:
       model, inputs, variables, loss, apply_kwargs: as in :func:`sigprop.analyze`.
@@ -479,7 +496,7 @@ def spectrum(model, inputs, *, variables=None, loss=None, params=None, order: in
     impl = str(jax.random.key_impl(keys))
     out = _core(net=obj.net, loss_fn=loss, flags=tuple(jax.tree_util.tree_leaves(mask)),
                 shape=shape, order=order, batch=batch, batches=batches,
-                gauss_newton=gauss_newton, precision=precision, impl=impl,
+                gauss_newton=gauss_newton, vmapped=_vmapped(), precision=precision, impl=impl,
                 keys=jax.random.key_data(keys), x=x, given=obj.given, labels=labels)
     out = jax.tree_util.tree_map(np.asarray, out)
     out = {k: v[:, :probes] if v.ndim == 3 else v for k, v in out.items()}  # drop the padding

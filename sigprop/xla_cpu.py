@@ -18,10 +18,10 @@ He-normal kernel 3.1 ms instead of 5.5-7.4 ms.
 :func:`loop_options`: ``compiler_options`` (per program, nothing process-wide) for programs that
 repeat a forward-over-reverse product in a loop (``sigprop.hessian``'s Lanczos). With XLA:CPU's
 fusion emitters (jax 0.10's default), such a loop ran, in about one process of three, 3.5x slower
-per product (51 ms instead of 15 ms for the benchmark's 663k-parameter MLP, from the first
-call of the process on), never with the older emitters. A single product or gradient runs as
-fast either way (5-10% faster with the fusion emitters, which stay on everywhere else). The
-two emitters round float32 differently (products equal to 1e-7 relative, not bit for bit).
+per product (51 ms instead of 15 ms for the benchmark's 663k-parameter MLP), and a lone product
+sometimes did too (46 ms); never with the older emitters. A gradient runs 5-10% faster with the
+fusion emitters, which stay on everywhere else. The two emitters round float32 differently
+(products equal to 1e-7 relative, not bit for bit).
 """
 
 from __future__ import annotations

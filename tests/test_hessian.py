@@ -277,6 +277,25 @@ def test_param_filter_is_the_dense_submatrix():
     np.testing.assert_array_equal(again.nodes, res.nodes)
 
 
+def test_vmapped_and_sequential_programs_agree(monkeypatch):
+    """Accelerators vmap seeds and probes, CPU runs them in turn (``hessian._vmapped``): the
+    two programs give the same spectrum up to float32 rounding, and the sequential one still
+    matches the dense Hessian (the other tests)."""
+    model, shape = models.mlp(2, 8, norm="layernorm", n_classes=4), (16, 8)
+    kw = dict(order=12, probes=3, seeds=2, key=1)
+    assert hessian._vmapped() is (jax.default_backend() != "cpu")
+    monkeypatch.setattr(hessian, "_vmapped", lambda: False)
+    seq = hessian.spectrum(model, shape, **kw)
+    monkeypatch.setattr(hessian, "_vmapped", lambda: True)
+    vm = hessian.spectrum(model, shape, **kw)
+    scale = float(np.abs(seq.nodes).max())
+    assert scale > 0 and seq.nodes.shape == vm.nodes.shape == (2, 3, 12)
+    np.testing.assert_allclose(vm.top(3), seq.top(3), rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(vm.trace, seq.trace, rtol=1e-4)
+    np.testing.assert_allclose(vm.moment(2), seq.moment(2), rtol=1e-4)
+    assert not np.allclose(seq.top(1)[0], seq.top(1)[1])  # two seeds, two networks
+
+
 def test_hvp_and_gauss_newton_building_blocks():
     """``hvp_fn`` (the block training code calls) against the dense Hessian of the nnx model."""
     from sigprop.objective import objective

@@ -98,9 +98,10 @@ def hvp_fn(obj, params, rest, x, target, mask=None, *, gauss_newton=False) -> Ca
     """``matvec(v) = H v`` (``[n] -> [n]``), ``H`` the Hessian of :func:`flat_loss` at ``w0``
     (``gauss_newton=True``: the Gauss-Newton matrix ``J^T H_z J``, which leaves out the model's
     extra loss terms). Forward-over-reverse (``jax.jvp`` of ``jax.grad``: a product costs
-    2.4-3.1x a forward + backward pass, benchmarks/hessian.py; in matmul flops 3x, as the
-    tangent doubles each matmul of the forward and the backward). A model with a ``custom_vjp`` (no forward mode, e.g. the zoo's
-    CPU convolution) gets reverse-over-reverse, linearized once (the vjp of the gradient)."""
+    2.3-2.6x a forward + backward pass, benchmarks/hessian.py; 3x in matmul flops, as the
+    tangent doubles each matmul of the forward and the backward). A model with a
+    ``custom_vjp`` (no forward mode, e.g. the zoo's CPU convolution) gets reverse-over-reverse,
+    linearized once (the vjp of the gradient)."""
     if not gauss_newton:
         f, w0 = flat_loss(obj, params, rest, x, target, mask)
         return _linear(jax.grad(f), w0, reverse=_has_custom_vjp(f, w0))

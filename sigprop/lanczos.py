@@ -97,9 +97,9 @@ def _project_out(q_basis, v, filled=None):
     Gram-Schmidt). With ``filled`` (may be traced): against the first ``filled`` rows only, block
     by block (``BLOCK`` rows ``Q_b`` at a time, ``v <- v - Q_b^T (Q_b v)``: block modified
     Gram-Schmidt), so that step ``i`` of a run reads the ``i`` rows stored so far, not the
-    whole buffer (at order 90 the mean step took 5.0-5.3 forward + backward passes instead of
-    8.7-8.9 on a 2-core CPU: benchmarks/hessian.py);
-    the rows after ``filled`` up to the end of its block must be zero."""
+    whole buffer (at order 90 the mean step took 5.2-5.3 forward + backward passes instead of
+    8.7-8.9 on a 2-core CPU: benchmarks/hessian.py). The rows after ``filled``, up to the end
+    of its block, must be zero."""
     if filled is None:
         return v - q_basis.T @ (q_basis @ v)
 

@@ -56,7 +56,7 @@ import numpy as np
 from jax import lax
 
 from sigprop import engine, objective as objective_lib, xla_cpu
-from sigprop.lanczos import _lanczos, _project_out, lanczos, ritz, tridiagonal  # noqa: F401 (public here too)
+from sigprop.lanczos import _lanczos, lanczos, ritz, tridiagonal  # noqa: F401 (public here too)
 from sigprop.analyze import check_key, check_precision, check_seeds
 
 # --------------------------------------------------------------------------------------------

@@ -92,17 +92,13 @@ def _lanczos(matvec, v0, order: int, locked=None):
 BLOCK = 2  # basis rows per block of the reorthogonalization (fastest of 1-32 on a 2-core CPU)
 
 
-def _project_out(q_basis, v, filled=None):
-    """``v`` orthogonalized against the rows of ``Q``: ``v - Q^T (Q v)`` (classical
-    Gram-Schmidt). With ``filled`` (may be traced): against the first ``filled`` rows only, block
-    by block (``BLOCK`` rows ``Q_b`` at a time, ``v <- v - Q_b^T (Q_b v)``: block modified
+def _project_out(q_basis, v, filled):
+    """``v`` orthogonalized against the first ``filled`` rows of ``Q`` (may be traced), block by
+    block (``BLOCK`` rows ``Q_b`` at a time, ``v <- v - Q_b^T (Q_b v)``: block modified
     Gram-Schmidt), so that step ``i`` of a run reads the ``i`` rows stored so far, not the
     whole buffer (at order 90 the mean step took 5.2-5.3 forward + backward passes instead of
-    8.7-8.9 on a 2-core CPU: benchmarks/hessian.py). The rows after ``filled``, up to the end
-    of its block, must be zero."""
-    if filled is None:
-        return v - q_basis.T @ (q_basis @ v)
-
+    8.7-8.9 with ``v - Q^T (Q v)`` over the buffer, on a 2-core CPU: benchmarks/hessian.py).
+    The rows after ``filled``, up to the end of its block, must be zero."""
     def block(b, v):
         q = lax.dynamic_slice_in_dim(q_basis, b * BLOCK, BLOCK, 0)
         return v - q.T @ (q @ v)

@@ -32,9 +32,9 @@ import tempfile
 import time
 
 import sigprop
-from sigprop import cluster
 from sigprop.cli import _sweep_inputs, _sweep_model
-from sigprop.results import equal
+from sigprop.core.results import equal
+from sigprop.sweeps import executors as cluster
 
 NORMS = ("batchnorm", "layernorm", "rmsnorm")
 DEPTHS = (2, 4, 8, 16)

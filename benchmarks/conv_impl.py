@@ -22,8 +22,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-
-from sigprop.models.layers import _xla_conv, conv2d
+from sigprop.nn.layers import _xla_conv, conv2d
 
 SHAPES = [  # (spatial, cin, cout, stride)
     (32, 3, 64, 1), (32, 64, 64, 2), (16, 64, 128, 1), (16, 128, 128, 2), (8, 128, 256, 1),

@@ -27,10 +27,12 @@ import time
 
 import jax
 import jax.numpy as jnp
-
-from sigprop import engine, hessian, models, xla_cpu
-from sigprop import lanczos as lanczos_lib
-from sigprop import objective as objective_lib
+from sigprop import nn as models
+from sigprop.analyses import hessian
+from sigprop.analyses import lanczos as lanczos_lib
+from sigprop.backend import xla_cpu
+from sigprop.core import engine
+from sigprop.core import objective as objective_lib
 
 
 def _interleaved_min(fns: dict, repeats: int, cheap: tuple = ()) -> dict:

@@ -40,12 +40,13 @@ import time
 
 import jax
 import jax.numpy as jnp
-
 import sigprop
-from sigprop import engine, lapack, probe, xla_cpu
-from sigprop.models import layers
+from sigprop.backend import lapack, xla_cpu
+from sigprop.core import engine
+from sigprop.nn import layers
+from sigprop.taps import probe
 
-_analyze = importlib.import_module("sigprop.analyze")  # the module (sigprop.analyze is analyze())
+from sigprop.analyses import analyze as _analyze  # noqa: E402 (the module; sigprop.analyze is analyze())
 GIB = 2**30
 
 

@@ -222,7 +222,7 @@ def load_sigprop_params(model: ResNet, params) -> ResNet:
 
     Flax names the submodules of a block in creation order: ``Conv_0``/``BatchNorm_0`` = conv1/bn1,
     ``Conv_1``/``BatchNorm_1`` = conv2/bn2, ``Conv_2``/``BatchNorm_2`` = the shortcut."""
-    from sigprop import probe  # sigprop's own unstacking of nn.scan params
+    from sigprop.taps import probe  # sigprop's own unstacking of nn.scan params
 
     tree = probe.unstack(params)
 

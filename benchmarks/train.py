@@ -31,10 +31,9 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
-
 import sigprop  # noqa: E402
-from sigprop import data  # noqa: E402
-from sigprop.train import train  # noqa: E402
+from sigprop.analyses.train import train  # noqa: E402
+from sigprop.util import data  # noqa: E402
 
 
 def _timed(fn):

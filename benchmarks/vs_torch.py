@@ -59,15 +59,14 @@ def _imports(cores):
     import jax.numpy as jnp
     import numpy as np
     import optax
-    import torch
-
     import sigprop
-    from sigprop import engine
+    import torch
+    from sigprop.core import engine
 
     sys.path.insert(0, str(_HERE))
     import torch_probes as tp
 
-    _analyze = importlib.import_module("sigprop.analyze")  # the module; sigprop.analyze is analyze()
+    _analyze = importlib.import_module("sigprop.analyses.analyze")  # the module; sigprop.analyze is analyze()
     torch.set_num_threads(cores)
 
 

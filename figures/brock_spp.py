@@ -5,7 +5,7 @@ figures/quick/), caching the measured arrays in data/brock_spp.npz next to them.
 
 import sys
 
-from sigprop.figures import script
+from sigprop.paper.figures import script
 
 if __name__ == "__main__":
     sys.exit(script("brock_spp", __file__))

@@ -5,7 +5,7 @@ figures/quick/), caching the measured arrays in data/closed_forms.npz next to th
 
 import sys
 
-from sigprop.figures import script
+from sigprop.paper.figures import script
 
 if __name__ == "__main__":
     sys.exit(script("closed_forms", __file__))

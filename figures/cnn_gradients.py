@@ -5,7 +5,7 @@ figures/quick/), caching the measured arrays in data/cnn_gradients.npz next to t
 
 import sys
 
-from sigprop.figures import script
+from sigprop.paper.figures import script
 
 if __name__ == "__main__":
     sys.exit(script("cnn_gradients", __file__))

@@ -5,7 +5,7 @@ figures/quick/), caching the measured arrays in data/coord_check.npz next to the
 
 import sys
 
-from sigprop.figures import script
+from sigprop.paper.figures import script
 
 if __name__ == "__main__":
     sys.exit(script("coord_check", __file__))

@@ -5,7 +5,7 @@ figures/quick/), caching the measured arrays in data/outlier_ratio.npz next to t
 
 import sys
 
-from sigprop.figures import script
+from sigprop.paper.figures import script
 
 if __name__ == "__main__":
     sys.exit(script("outlier_ratio", __file__))

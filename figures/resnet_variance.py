@@ -5,7 +5,7 @@ figures/quick/), caching the measured arrays in data/resnet_variance.npz next to
 
 import sys
 
-from sigprop.figures import script
+from sigprop.paper.figures import script
 
 if __name__ == "__main__":
     sys.exit(script("resnet_variance", __file__))

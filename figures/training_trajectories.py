@@ -5,7 +5,7 @@ figures/quick/), caching the measured arrays in data/training_trajectories.npz n
 
 import sys
 
-from sigprop.figures import script
+from sigprop.paper.figures import script
 
 if __name__ == "__main__":
     sys.exit(script("training_trajectories", __file__))

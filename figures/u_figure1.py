@@ -5,7 +5,7 @@ figures/quick/), caching the measured arrays in data/u_figure1.npz next to them.
 
 import sys
 
-from sigprop.figures import script
+from sigprop.paper.figures import script
 
 if __name__ == "__main__":
     sys.exit(script("u_figure1", __file__))

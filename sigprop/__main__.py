@@ -1,3 +1,5 @@
+"""``python -m sigprop``: the command line (:func:`sigprop.cli.main`)."""
+
 import sys
 
 from sigprop.cli import main

@@ -23,6 +23,6 @@ def _no_persistent_cache(monkeypatch):
     """``sigprop.cli.main`` run in-process would turn on sigprop's persistent XLA cache in
     ``~/.cache`` for the rest of the test session: tests would write there, and a second run
     would time differently from a fresh machine's."""
-    from sigprop import cli
+    from sigprop.backend import cpu
 
-    monkeypatch.setattr(cli, "_fast_start", lambda: None)
+    monkeypatch.setattr(cpu, "fast_start", lambda: None)

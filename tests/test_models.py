@@ -8,12 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import sigprop
-from sigprop import normalizers, probe
-
-from sigprop import engine
+from sigprop.core import engine
 from sigprop.metrics import ACT_METRICS
+from sigprop.nn import normalizers
+from sigprop.taps import probe
 
 
 def _names(model, shape):
@@ -232,7 +231,7 @@ def _lax_conv(x, w, stride):
 @pytest.mark.parametrize("impl", ["xla", "shift", "auto"])
 @pytest.mark.parametrize("k,stride,size", [(3, 1, 6), (3, 2, 7), (1, 1, 5), (1, 2, 6), (3, 1, 2)])
 def test_conv_impl_matches_lax_conv(impl, k, stride, size):
-    from sigprop.models.layers import conv2d
+    from sigprop.nn.layers import conv2d
     kx, kw, kc = jax.random.split(jax.random.key(11), 3)
     x = jax.random.normal(kx, (3, size, size, 5))
     w = jax.random.normal(kw, (k, k, 5, 4)) / k
@@ -255,7 +254,7 @@ def test_conv_impl_matches_lax_conv(impl, k, stride, size):
 @pytest.mark.parametrize("impl", ["xla", "shift"])
 def test_conv_impl_under_scan_matches_lax_conv(impl):
     # inside a scan XLA:CPU lays out the input-gradient conv differently (see layers._same_conv)
-    from sigprop.models.layers import conv2d
+    from sigprop.nn.layers import conv2d
     kx, kw = jax.random.split(jax.random.key(12))
     x = jax.random.normal(kx, (2, 5, 5, 4))
     ws = jax.random.normal(kw, (3, 3, 3, 4, 4)) / 6

@@ -11,7 +11,6 @@ then ``python notebooks/build.py NN_name``) is picked up by every test here.
 import importlib.util
 import os
 import sys
-import time
 import types
 
 import nbformat

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import sigprop
-from sigprop import engine, metrics
-from sigprop.results import LayerMetrics
+from sigprop import metrics
+from sigprop.core import engine
+from sigprop.core.results import LayerMetrics
 
 MODEL = sigprop.mlp(3, 16, norm="layernorm", n_classes=10)
 X = np.asarray(jax.random.normal(jax.random.key(0), (8, 12)))

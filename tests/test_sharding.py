@@ -22,9 +22,9 @@ import json, re, sys
 import jax, numpy as np
 import sigprop
 from sigprop import devices
-from sigprop.sweep import sweep
+from sigprop.sweeps.sweep import sweep
 
-sw, an, core = (sys.modules[f"sigprop.{m}"] for m in ("sweep", "analyze", "engine"))
+sw, an, core = (sys.modules[f"sigprop.{m}"] for m in ("sweeps.units", "core.args", "core.engine"))
 out_npz, out_json = sys.argv[1], sys.argv[2]
 
 
@@ -67,7 +67,7 @@ flat = np.tile(np.asarray(jax.random.key_data(keys)), (3, 1))
 flat = np.concatenate([flat, np.repeat(flat[-1:], n9 - 9, axis=0)])
 values = np.repeat(np.array([[1e-5], [0.1], [1.0]], np.float32), 3, axis=0)
 values = np.concatenate([values, np.repeat(values[-1:], n9 - 9, axis=0)])
-make = sw._Traced(scaled, {"depth": 2, "width": 8}, ("eps",))
+make = sw.TracedBuilder(scaled, {"depth": 2, "width": 8}, ("eps",))
 swept = core._core(net=core.linen_network(scaled(2, 8, 1e-5), abstract, None), make=make,
                    keys=devices.shard_leading(flat, m), values=devices.shard_leading(values, m),
                    **common)["cosine_similarity"].value

@@ -17,13 +17,13 @@ import time
 import jax
 import numpy as np
 import pytest
-
 import sigprop
-from sigprop.results import LayerMetrics, equal, from_arrays
-from sigprop.sweep import Point, expand_grid, load_sweep, sweep
+from sigprop.core.results import LayerMetrics, equal, from_arrays
+from sigprop.sweeps.sweep import Point, expand_grid, load_sweep, sweep
 
-engine = sys.modules["sigprop.sweep"]
-core = sys.modules["sigprop.engine"]
+from sigprop.sweeps import store, units  # noqa: E402
+
+core = sys.modules["sigprop.core.engine"]
 SHAPE = (8, 8)
 EPS = [1e-5, 1e-3, 0.1, 1.0]
 TRACED = []  # eps values seen as tracers by `scaled` (one entry per trace)
@@ -158,7 +158,7 @@ def test_float_values_ride_one_compile_and_match_analyze():
 
 
 def test_untraceable_builder_falls_back_to_one_program_per_value(caplog):
-    caplog.set_level("INFO", logger="sigprop.sweep")
+    caplog.set_level("INFO", logger="sigprop.sweeps.units")
     points = sweep(concrete, {"depth": [2], "width": [8], "eps": [EPS[0], EPS[3]]}, SHAPE,
                    seeds=3, key=1, progress=False)
     assert "ConcretizationTypeError" in caplog.text and "one program per value" in caplog.text
@@ -195,21 +195,21 @@ def test_out_writes_one_file_per_point_and_reruns_load_them(tmp_path, monkeypatc
     grid = {"depth": [2], "width": [8], "eps": EPS}
     first = sweep(scaled, grid, SHAPE, seeds=3, key=1, out=tmp_path, progress=False)
     names = sorted(os.listdir(tmp_path))
-    assert len(names) == 4 and all(engine._RESULT.fullmatch(n) for n in names)
+    assert len(names) == 4 and all(store.RESULT_FILE.fullmatch(n) for n in names)
     for p in first:
         back = LayerMetrics.load(tmp_path / f"{p.metrics.meta['sweep_id']}.npz")
         assert equal(back, p.metrics) and back.meta == p.metrics.meta
 
     # a rerun computes nothing; a deleted point is recomputed alone
-    monkeypatch.setattr(engine, "_run_unit", lambda *a: pytest.fail("recomputed a saved point"))
+    monkeypatch.setattr(units, "run_unit", lambda *a: pytest.fail("recomputed a saved point"))
     again = sweep(scaled, grid, SHAPE, seeds=3, key=1, out=tmp_path, progress=False)
     assert [p.config for p in again] == [p.config for p in first]
     assert all(equal(a.metrics, b.metrics) for a, b in zip(first, again))
     monkeypatch.undo()
     os.remove(tmp_path / f"{first[0].metrics.meta['sweep_id']}.npz")
     computed = []
-    run_unit = engine._run_unit
-    monkeypatch.setattr(engine, "_run_unit", lambda kind, group, *a: computed.append(
+    run_unit = units.run_unit
+    monkeypatch.setattr(units, "run_unit", lambda kind, group, *a: computed.append(
         [p.config for job in group for p in job]) or run_unit(kind, group, *a))
     third = sweep(scaled, grid, SHAPE, seeds=3, key=1, out=tmp_path, progress=False)
     assert len(computed) == 1 and len(computed[0]) == 1
@@ -234,14 +234,14 @@ def test_load_sweep_order_and_temporaries(tmp_path):
     configs = [dict(norm="layernorm", depth=10), dict(norm="batchnorm", depth=10),
                dict(norm="batchnorm", depth=2), dict(norm="batchnorm", depth=2.5)]
     for i, c in enumerate(configs):
-        engine._write(hand_made(c, i), str(tmp_path), f"{i:016x}")
+        store.write_point(hand_made(c, i), str(tmp_path), f"{i:016x}")
     # a killed sweep's temporary (its process is gone) and unrelated files are not points
     hand_made(dict(norm="none", depth=1), 9).save(tmp_path / f".{0:016x}.999999999.tmp.npz")
     (tmp_path / "notes.txt").write_text("x")
     points = load_sweep(tmp_path)
     assert [p.config for p in points] == [configs[2], configs[3], configs[1], configs[0]]
     assert [float(p.metrics.cosine_similarity[0, 0]) for p in points] == [2, 3, 1, 0]
-    engine._remove_stale_temporaries(str(tmp_path))
+    store.remove_stale_temporaries(str(tmp_path))
     assert not any(n.endswith(".tmp.npz") for n in os.listdir(tmp_path))
     with pytest.raises(ValueError, match="not a folder"):
         load_sweep(tmp_path / "notes.txt")
@@ -249,7 +249,7 @@ def test_load_sweep_order_and_temporaries(tmp_path):
 
 KILLED = """
 import sys
-from sigprop.sweep import sweep
+from sigprop.sweeps.sweep import sweep
 sys.path.insert(0, {tests!r})
 from test_sweep import labelled
 sweep(labelled, {grid!r}, (8, 8), seeds=3, out={out!r}, progress=False)
@@ -265,19 +265,19 @@ def test_sweep_killed_with_sigkill_resumes_with_nothing_lost_or_duplicated(tmp_p
                             stderr=subprocess.STDOUT)
     deadline = time.time() + 240
     try:
-        while not any(engine._RESULT.fullmatch(n) for n in os.listdir(tmp_path)):
+        while not any(store.RESULT_FILE.fullmatch(n) for n in os.listdir(tmp_path)):
             assert proc.poll() is None, proc.stdout.read().decode()
             assert time.time() < deadline, "no point finished in time"
             time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    done = [n for n in os.listdir(tmp_path) if engine._RESULT.fullmatch(n)]
+    done = [n for n in os.listdir(tmp_path) if store.RESULT_FILE.fullmatch(n)]
     assert 1 <= len(done) < 6, done  # not all six
 
     resumed = sweep(labelled, grid, SHAPE, seeds=3, out=tmp_path, progress=False)
     files = sorted(os.listdir(tmp_path))
-    assert len(files) == 6 and all(engine._RESULT.fullmatch(n) for n in files)
+    assert len(files) == 6 and all(store.RESULT_FILE.fullmatch(n) for n in files)
     ids = [p.metrics.meta["sweep_id"] for p in resumed]
     assert sorted(f"{i}.npz" for i in ids) == files  # each point exactly once
     loaded = load_sweep(tmp_path)

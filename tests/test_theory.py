@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from numpy.polynomial.hermite_e import hermegauss
 from scipy.special import erf
-
-from sigprop import theory
+from sigprop.analyses import theory
 
 PI = math.pi
 C_GRID = np.linspace(-1.0, 1.0, 41)
@@ -457,7 +456,7 @@ def test_map_argument_errors():
 
 
 def test_theory_imports_without_matplotlib():
-    code = ("import sys; sys.modules['matplotlib'] = None; import sigprop.theory as t; "
+    code = ("import sys; sys.modules['matplotlib'] = None; import sigprop.analyses.theory as t; "
             "assert 'matplotlib' not in [m for m in sys.modules if sys.modules[m] is not None]; "
             "print(t.relu_correlation_map(0.0))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

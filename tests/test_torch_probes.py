@@ -11,12 +11,10 @@ import pathlib
 
 import jax
 import numpy as np
-import pytest
-
 import optax
-
+import pytest
 import sigprop
-from sigprop.models.resnet import resnet
+from sigprop.nn.resnet import resnet
 
 torch = pytest.importorskip("torch")
 

@@ -28,14 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
-
 import sigprop
-from sigprop import data as data_lib
-from sigprop import train as train_lib
-from sigprop import train_loop
-from sigprop.train import TrainResult, learning_rate_search, train
-from sigprop.train_result import equal
+from flax import nnx
+from sigprop.analyses import train as train_lib
+from sigprop.analyses import train_loop
+from sigprop.cli import train as train_cli
+from sigprop.analyses.train import TrainResult, learning_rate_search, train
+from sigprop.analyses.train_result import equal
+from sigprop.util import data as data_lib
 
 B, N, STEPS, EVERY, K = 32, 96, 5, 2, 3
 RATES = (0.05, 0.5)
@@ -253,7 +253,7 @@ def test_save_load_pandas_xarray(run, tmp_path):
 
 def test_cli(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    train_lib.cli_parser(parser.add_subparsers(dest="command"))
+    train_cli.register(parser.add_subparsers(dest="command"))
     out = tmp_path / "cli.npz"
     args = parser.parse_args(["train", "--data", "digits", "--depth", "1", "--width", "8",
                               "--steps", "2", "--record-every", "1", "--batch-size", "16",

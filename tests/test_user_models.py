@@ -25,9 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
-
 import sigprop
+from flax import nnx
 
 ACT_METRICS = (
     "activation_variance",

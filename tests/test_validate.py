@@ -4,17 +4,17 @@ sigprop's own measurements (claims 9-11 at width >= 1024 / ResNet-56).
 The default run covers the MLP claims (5, 6, 9, 10: about a minute); the whole quick validation
 (about 5 minutes on 2 cores) is marked ``slow``: ``python -m pytest -m slow``."""
 
+import importlib
 import json
 
 import jax
 import numpy as np
 import pytest
+from sigprop import cli
+from sigprop.backend import cpu
+from sigprop.paper import experiments
 
-import importlib
-
-from sigprop import cli, experiments
-
-V = importlib.import_module("sigprop.validate")  # sigprop.validate is the function
+V = importlib.import_module("sigprop.paper.validate")  # sigprop.validate is the function
 
 
 def _run(tmp_path_factory, claims=None):
@@ -24,7 +24,7 @@ def _run(tmp_path_factory, claims=None):
         argv += ["--claims", ",".join(map(str, claims))]
     with pytest.MonkeyPatch.context() as mp:
         # no persistent compilation cache inside the test process
-        mp.setattr(cli, "_fast_start", lambda: None)
+        mp.setattr(cpu, "fast_start", lambda: None)
         rc = cli.main(argv)
     with open(path) as f:
         data = json.load(f)

@@ -10,11 +10,24 @@ import numpy as np
 import pytest
 
 import sigprop
-from sigprop import xla_cpu
+from sigprop.backend import xla_cpu
 
-engine = importlib.import_module("sigprop.engine")
+engine = importlib.import_module("sigprop.core.engine")
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU lowering")
+
+SWAP_VALIDATED = tuple(jax.__version_info__[:2]) in xla_cpu.TESTED_JAX
+OPTIONS_VALIDATED = tuple(jax.__version_info__[:2]) in xla_cpu.LOOP_OPTIONS_JAX
+
+
+def _skip_not_validated(what, validated, fallback):
+    pytest.skip(f"{what} is not validated on jax {jax.__version__} (validated on "
+                f"{sorted(validated)}): it falls back to {fallback}")
+
+
+def _skip_swap():
+    _skip_not_validated("the threefry swap", xla_cpu.TESTED_JAX,
+                        "jax's own (rolled) CPU lowering")
 
 
 def _draws(key):
@@ -24,6 +37,9 @@ def _draws(key):
 
 
 def test_swap_is_available_here():
+    if not SWAP_VALIDATED:
+        assert xla_cpu._threefry_swap() is None  # the context does nothing
+        _skip_swap()
     assert xla_cpu._threefry_swap() is not None  # else the context silently does nothing
 
 
@@ -40,6 +56,9 @@ def test_same_bits_inside_and_outside_and_the_program_differs():
     jax.clear_caches()
     for a, b in zip(outside, inside):
         np.testing.assert_array_equal(a, b)
+    if not SWAP_VALIDATED:  # the same bits, and the context changed nothing
+        assert straight_text == rolled_text
+        _skip_swap()
     # jax's CPU form loops over rounds; the straight-line form has no loop
     assert "stablehlo.while" in rolled_text
     assert "stablehlo.while" not in straight_text
@@ -48,6 +67,13 @@ def test_same_bits_inside_and_outside_and_the_program_differs():
 
 
 def test_reentrant_and_restored_after_an_error():
+    if not SWAP_VALIDATED:  # the do-nothing context still lets the error through
+        with pytest.raises(RuntimeError):
+            with xla_cpu.unrolled_threefry():
+                with xla_cpu.unrolled_threefry():
+                    pass
+                raise RuntimeError("boom")
+        _skip_swap()
     table, prim, entry = xla_cpu._threefry_swap()
     before = table[prim]
     with pytest.raises(RuntimeError):
@@ -86,9 +112,14 @@ def test_loop_options_exist_here_and_change_rounding_only():
     set on this jax (else the program silently falls back to the slow-prone default), and a
     loop of Hessian-vector products compiled with them agrees with jax's default compile to
     float32 rounding."""
-    from sigprop import hessian, objective as objective_lib
+    from sigprop import hessian
+    from sigprop.core import objective as objective_lib
 
     options = xla_cpu.loop_options()
+    if not OPTIONS_VALIDATED:
+        assert options is None  # jax's defaults
+        _skip_not_validated("loop_options (XLA:CPU's older emitters)", xla_cpu.LOOP_OPTIONS_JAX,
+                            "jax's default compile (None)")
     assert options == {"xla_cpu_use_fusion_emitters": False}
     model, shape = sigprop.mlp(3, 16, norm="layernorm"), (8, 16)
     obj, *_ = objective_lib.objective(model, shape)

@@ -1,0 +1,33 @@
+"""``sigprop analyze``: analyse one zoo model; print its final-layer metrics, save an .npz."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sigprop.analyses.analyze import analyze
+from sigprop.cli.common import add_model_args, build_model
+
+
+def register(sub) -> None:
+    a = sub.add_parser("analyze", help="analyse one model; print final-layer metrics, save .npz")
+    add_model_args(a, model="cnn", norm="batchnorm")
+    a.add_argument("--classes", type=int, default=100)
+    a.add_argument("--batch", type=int, default=64)
+    a.add_argument("--image", type=int, default=32)
+    a.add_argument("--seeds", type=int, default=3)
+    a.add_argument("--key", type=int, default=0)
+    a.add_argument("--out", default=None, help="save the LayerMetrics to this .npz")
+    a.set_defaults(run=run)
+
+
+def run(args) -> int:
+    model = build_model(args)
+    shape = (args.batch, args.width or 256) if args.model == "mlp" else (args.batch, args.image, args.image, 3)
+    res = analyze(model, shape, seeds=args.seeds, key=args.key)
+    print(f"{type(model).__name__} norm={args.norm} inputs={shape} seeds={args.seeds}")
+    for metric in res.metric_names:
+        v = np.asarray(res[metric])[:, -1]
+        print(f"  final {metric:<22} {v.mean():.4g} ± {v.std():.2g}  ({res.names_of(metric)[-1]})")
+    if args.out:
+        print(f"wrote {res.save(args.out)}")
+    return 0

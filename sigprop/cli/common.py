@@ -1,0 +1,47 @@
+"""What several commands share: the zoo-model options and the model they build, and list-valued
+arguments."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_args(p, *, model: str, norm: str) -> None:
+    """The zoo-model options :func:`build_model` reads (``--model``, ``--cfg``, ``--norm``,
+    sizes, normalizer options, resnet flags), shared by ``analyze``, ``hessian`` and ``train``."""
+    p.add_argument("--model", choices=["mlp", "cnn", "resnet56", "wrn"], default=model)
+    p.add_argument("--cfg", default="cfg_10", help="cnn: cfg_10, cfg_20, cfg_40 or uniform")
+    p.add_argument("--norm", default=norm)
+    p.add_argument("--depth", type=int, default=None)
+    p.add_argument("--width", type=int, default=None, help="width (mlp, uniform cnn) or k (wrn)")
+    p.add_argument("--group-size", type=int, default=None)
+    p.add_argument("--num-groups", type=int, default=None)
+    p.add_argument("--preact", action="store_true")
+    p.add_argument("--skipinit", action="store_true")
+
+
+def build_model(args):
+    from sigprop import nn as models
+
+    opts = {}
+    if args.group_size is not None:
+        opts["group_size"] = args.group_size
+    if args.num_groups is not None:
+        opts["num_groups"] = args.num_groups
+    common = dict(norm=args.norm, n_classes=args.classes, **opts)
+    if args.model == "mlp":
+        return models.mlp(args.depth or 10, args.width or 256, **common)
+    if args.model == "cnn":
+        if args.cfg == "uniform":
+            return models.cnn("uniform", depth=args.depth or 10, width=args.width or 64, **common)
+        return models.cnn(args.cfg, **common)
+    if args.model == "resnet56":
+        return models.resnet56(preact=args.preact, skipinit=args.skipinit, **common)
+    return models.wrn(args.depth or 26, args.width or 2, **common)
+
+
+def ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers; got {text!r}")

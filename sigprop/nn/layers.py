@@ -1,0 +1,233 @@
+"""Building blocks shared by the model zoo: conv/dense with weight reparametrizations, activations.
+
+Init (science.md): He normal (fan_in, untruncated, variance 2 / fan_in) for conv/dense kernels and
+zero biases; convs are 3x3 with padding 1 on every side (PyTorch's ``padding=1``, also at stride 2).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from sigprop.nn.normalizers import channel
+from sigprop.taps.collections import KERNEL_KEYS
+
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # untruncated, like torch
+_WN_EPS = 1e-5
+_SCALED_RELU_GAIN = math.sqrt(2 * math.pi / (math.pi - 1))
+
+
+def transform_weight(w, weight: str, gamma=None):
+    """Reparametrize a kernel ``[..., fan_in..., out]`` per output unit (the last axis).
+
+    - ``plain``: ``w``.
+    - ``weightnorm``: ``gamma * w / (||w|| + 1e-5)`` (Salimans & Kingma 2016).
+    - ``sws``: ``gamma * sqrt(2 pi / (pi - 1)) / sqrt(fan_in) * (w - mean(w)) / (std(w) + 1e-5)``
+      (scaled weight standardization, Brock et al. 2021), biased std.
+    """
+    if weight == "plain":
+        return w
+    axes = tuple(range(w.ndim - 1))
+    if weight == "weightnorm":
+        norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=axes, keepdims=True))
+        return channel(gamma, w.ndim) * w / (norm + _WN_EPS)
+    if weight == "sws":
+        fan_in = math.prod(w.shape[:-1])
+        mean = jnp.mean(w, axis=axes, keepdims=True)
+        std = jnp.sqrt(jnp.mean(jnp.square(w - mean), axis=axes, keepdims=True))
+        gain = channel(gamma, w.ndim) * (_SCALED_RELU_GAIN / math.sqrt(fan_in))
+        return gain * (w - mean) / (std + _WN_EPS)
+    raise ValueError(f"weight={weight!r}; allowed: plain, weightnorm, sws")
+
+
+def _out_size(n, k, s, p):
+    return (n + 2 * p - k) // s + 1
+
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _xla_conv(x, w, stride: int, p: int):
+    return lax.conv_general_dilated(x, w, (stride, stride), ((p, p), (p, p)), dimension_numbers=_DN)
+
+
+@jax.custom_vjp
+def _same_conv(x, w):
+    """Stride-1 ``_xla_conv`` with padding ``(k - 1) // 2`` (odd ``k``), whose input gradient is
+    ``_xla_conv(g, w_t)`` with ``w_t`` the flipped kernel with in/out swapped, as an explicit HWIO
+    array. JAX's own transpose rule gives XLA the same conv with an ``01oi`` kernel; inside a
+    scan XLA:CPU keeps that layout and runs a naive loop, 10-50x slower than its Eigen conv."""
+    return _xla_conv(x, w, 1, (w.shape[0] - 1) // 2)
+
+
+def _same_conv_fwd(x, w):
+    return _same_conv(x, w), (x, w)
+
+
+def _same_conv_bwd(res, g):
+    x, w = res
+    p = (w.shape[0] - 1) // 2
+    w_t = jnp.swapaxes(jnp.flip(w, (0, 1)), 2, 3)
+    _, w_vjp = jax.vjp(lambda w: _xla_conv(x, w, 1, p), w)
+    return _xla_conv(g, w_t, 1, p), w_vjp(g)[0]
+
+
+_same_conv.defvjp(_same_conv_fwd, _same_conv_bwd)
+
+
+def conv2d(x, w, stride: int, impl: str = "auto"):
+    """``x [N, H, W, Cin]`` conv ``w [k, k, Cin, Cout]`` with stride and padding ``(k - 1) // 2``.
+
+    ``impl='xla'`` is ``lax.conv_general_dilated`` (on CPU, a stride-1 odd-kernel conv computes
+    its input gradient as an explicit conv with the transposed kernel, see :func:`_same_conv`);
+    ``impl='shift'`` sums ``k * k`` strided slices times ``w[dy, dx]`` (plain matmuls, forward
+    and backward). ``'auto'`` uses ``shift`` on CPU for strided convs and tiny (<= 2x2) outputs,
+    where XLA:CPU's convolution is 10-80x slower (benchmarks/conv_impl.py), and ``xla``
+    everywhere else.
+    """
+    k = w.shape[0]
+    p = (k - 1) // 2
+    n, h, wd, c = x.shape
+    ho, wo = _out_size(h, k, stride, p), _out_size(wd, k, stride, p)
+    cpu = jax.default_backend() == "cpu"
+    if impl == "auto":
+        small = ho * wo <= 4
+        impl = "shift" if cpu and (stride > 1 or small) else "xla"
+    if impl == "xla":
+        if cpu and stride == 1 and k % 2 == 1:
+            return _same_conv(x, w)
+        return _xla_conv(x, w, stride, p)
+    if impl != "shift":
+        raise ValueError(f"conv_impl={impl!r}; allowed: auto, xla, shift")
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
+    out = None
+    for dy in range(k):
+        for dx in range(k):
+            sl = lax.slice(
+                xp, (0, dy, dx, 0), (n, dy + (ho - 1) * stride + 1, dx + (wo - 1) * stride + 1, c),
+                (1, stride, stride, 1),
+            )
+            term = jnp.einsum("nhwc,cd->nhwd", sl, w[dy, dx])
+            out = term if out is None else out + term
+    return out
+
+
+def center_layer(x):
+    """Subtract each sample's layer mean over ``(H, W, C)`` (PreLayerNorm's input centering)."""
+    return x - jnp.mean(x, axis=tuple(range(1, x.ndim)), keepdims=True)
+
+
+class Conv(nn.Module):
+    """3x3 (``kernel``) conv, He-normal init, with the ``weight`` reparametrization."""
+
+    features: int
+    stride: int = 1
+    kernel: int = 3
+    weight: str = "plain"
+    use_bias: bool = False
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x):
+        cin = x.shape[-1]
+        w = self.param("kernel", he_normal, (self.kernel, self.kernel, cin, self.features), jnp.float32)
+        gamma = None
+        if self.weight != "plain":
+            gamma = self.param("gain", nn.initializers.ones, (self.features,), jnp.float32)
+        y = conv2d(x, transform_weight(w, self.weight, gamma), self.stride, self.impl)
+        if self.use_bias:
+            y = y + channel(self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32),
+                            y.ndim)
+        return y
+
+
+def kernel(module: nn.Module, init: Callable, shape: tuple, lazy: bool):
+    """``module``'s ``'kernel'`` param, ``init(rng, shape, float32)``. ``lazy``: the
+    ``'kernel_keys'`` collection (not ``'params'``, so an optimizer sees only real parameters)
+    holds the RNG key that ``init`` would get and the kernel is drawn from it here, on every
+    call (the same values); under ``jax.checkpoint`` the backward pass draws it again instead of
+    keeping it, so a deep stack of lazy layers stores no kernels."""
+    if not lazy:
+        return module.param("kernel", init, shape, jnp.float32)
+    key = module.variable(KERNEL_KEYS, "kernel", lambda: module.make_rng("params"))
+    return init(key.value, shape, jnp.float32)
+
+
+class Dense(nn.Module):
+    """Dense layer, He-normal init, with the ``weight`` reparametrization (``lazy``: see
+    :func:`kernel`)."""
+
+    features: int
+    weight: str = "plain"
+    use_bias: bool = False
+    kernel_init: Callable = he_normal
+    lazy: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        w = kernel(self, self.kernel_init, (x.shape[-1], self.features), self.lazy)
+        gamma = None
+        if self.weight != "plain":
+            gamma = self.param("gain", nn.initializers.ones, (self.features,), jnp.float32)
+        y = x @ transform_weight(w, self.weight, gamma)
+        if self.use_bias:
+            y = y + channel(self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32),
+                            y.ndim)
+        return y
+
+
+def classifier_init(key, shape, dtype=jnp.float32):
+    """The classifier's weights: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's nn.Linear default
+    used by the [BB] reference code (its hidden layers are He normal)."""
+    bound = 1.0 / math.sqrt(shape[0])
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+# --------------------------------------------------------------------------------------------
+# Activations
+
+_ACTIVATIONS: dict[str, Callable] = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "swish": jax.nn.swish,
+    "identity": lambda x: x,
+    "scaled_relu": lambda x: _SCALED_RELU_GAIN * (jax.nn.relu(x) - 1.0 / math.sqrt(2 * math.pi)),
+}
+ACTIVATION_NAMES = tuple(_ACTIVATIONS) + ("tlu",)
+
+
+def check_activation(activation):
+    if callable(activation) and not isinstance(activation, str):
+        return activation
+    if activation not in ACTIVATION_NAMES:
+        raise ValueError(
+            f"activation={activation!r}; allowed: {', '.join(ACTIVATION_NAMES)} or a callable"
+        )
+    return activation
+
+
+class Activation(nn.Module):
+    """An elementwise activation by name or callable.
+
+    ``relu``, ``tanh``, ``gelu`` (exact), ``swish``, ``identity``;
+    ``scaled_relu`` = ``sqrt(2 pi / (pi - 1)) * (relu(x) - 1 / sqrt(2 pi))`` (paired with
+    weightnorm, Arpit et al. 2016); ``tlu`` = ``max(x, tau)`` with a learnable per-channel
+    ``tau = 0`` at init (paired with FRN).
+    """
+
+    fn: str | Callable = "relu"
+
+    @nn.compact
+    def __call__(self, x):
+        if self.fn == "tlu":
+            tau = self.param("tau", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+            return jnp.maximum(x, channel(tau, x.ndim))
+        if isinstance(self.fn, str):
+            return _ACTIVATIONS[self.fn](x)
+        return self.fn(x)

@@ -1,0 +1,30 @@
+"""Bounded memory for module-level caches: nothing sigprop remembers between calls grows without
+limit."""
+
+from __future__ import annotations
+
+import collections
+from typing import Hashable
+
+
+class BoundedSet:
+    """A set that keeps its ``size`` most recently added items."""
+
+    def __init__(self, size: int):
+        self._items: collections.OrderedDict = collections.OrderedDict()
+        self._size = size
+
+    def __contains__(self, item: Hashable) -> bool:
+        return item in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, item: Hashable) -> None:
+        self._items[item] = None
+        self._items.move_to_end(item)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()

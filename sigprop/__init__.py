@@ -11,7 +11,7 @@ loads the papers' code, the cluster executors and the CLI only when they are ask
 import importlib
 
 import sigprop.nn as models  # noqa: E402  (sigprop.models: the zoo)
-import sigprop.taps as probe  # noqa: E402  (sigprop.probe: the taps)
+from sigprop.taps import probe  # noqa: E402  (sigprop.probe: the linen taps, layer naming)
 
 # beyond initialization: sigprop.train(...) and sigprop.coord_check(...) are callable modules
 from sigprop import coord_check, hessian, metrics, train  # noqa: E402

@@ -22,6 +22,7 @@ import pytest
 
 from sigprop.backend import lapack
 import sigprop.metrics as sm
+from sigprop.metrics import record as sm_record
 from sigprop.taps import probe as sp
 
 RTOL = 1e-4
@@ -37,7 +38,7 @@ def gram_path(request):
     traces per function, so the caches are cleared around it."""
     with pytest.MonkeyPatch.context() as mp:
         if request.param == "cpu-exact":
-            mp.setattr(sm, "_F32_MIN_EIGEN_RATIO", np.inf)
+            mp.setattr(sm_record, "_F32_MIN_EIGEN_RATIO", np.inf)
         jax.clear_caches()
         yield request.param
     jax.clear_caches()

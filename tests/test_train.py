@@ -30,7 +30,6 @@ import optax
 import pytest
 import sigprop
 from flax import nnx
-from sigprop.analyses import train as train_lib
 from sigprop.analyses import train_loop
 from sigprop.cli import train as train_cli
 from sigprop.analyses.train import TrainResult, learning_rate_search, train

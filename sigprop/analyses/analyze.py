@@ -20,10 +20,11 @@ from sigprop.core.args import (
     network,
     run_config,
 )
-from sigprop.core.engine import DEFAULT_NOISE, Plan, seed_keys
+from sigprop.core.plan import DEFAULT_NOISE, Plan
 from sigprop.core.results import LayerMetrics
 from sigprop.core.selectors import Taps
 from sigprop.util.checks import check_key, check_precision, check_seeds
+from sigprop.util.keys import seed_keys
 from sigprop.util.warnings import NonFiniteWarning
 from sigprop.util.warnings import warn_nonfinite as nonfinite
 

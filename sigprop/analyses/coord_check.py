@@ -24,21 +24,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from sigprop.core import engine
-from sigprop.taps import nnx_taps, probe
-from sigprop.taps.collections import KERNEL_KEYS
+from sigprop.core.plan import Named
 from sigprop.util.checks import check_int
 
 __all__ = ["coord_check", "CoordCheck", "OUTPUT"]
 
 OUTPUT = "output"  # the layer name of the model's outputs (the logits)
-_KEY = "coord"  # leaf key of the scales in the moments collection (not one of probe's keys)
 
 
 def _scales_of(y):
@@ -47,63 +42,13 @@ def _scales_of(y):
     return jnp.stack([jnp.sqrt(jnp.mean(jnp.square(y))), jnp.mean(jnp.abs(y))])
 
 
-def _moment_paths(tree, path=()) -> set:
-    """Module paths (tuples; scanned stacks unexpanded) whose moments record holds ``"m"``:
-    the activation taps."""
-    found = set()
-    for k, v in tree.items():
-        if hasattr(v, "items"):
-            found |= _moment_paths(v, path + (k,))
-        elif k == probe.MOMENTS_KEY:
-            found.add(path)
-    return found
-
-
-def _linen_scales(net, variables, x):
-    mutable = [c for c in variables if c not in ("params", KERNEL_KEYS)]
-    mutable += [probe.MOMENTS, probe.LOSSES]
-    shapes = jax.eval_shape(lambda v, x: net._apply(v, x, mutable)[1], variables, x)
-    taps = _moment_paths(shapes.get(probe.MOMENTS, {}))
-
-    def interceptor(next_fun, args, kwargs, ctx):
-        # a tap's record sits under the module whose __call__ returns the tapped value (a zoo
-        # layer, a sigprop.tap's Tap module, a selected module)
-        y = next_fun(*args, **kwargs)
-        if (ctx.method_name == "__call__" and isinstance(y, jax.Array)
-                and tuple(ctx.module.path) in taps):
-            ctx.module.sow(probe.MOMENTS, _KEY, _scales_of(y), init_fn=lambda: None,
-                           reduce_fn=lambda _, v: v)
-        return y
-
-    with nn.intercept_methods(interceptor):
-        out, state = net._apply(variables, x, mutable)
-    named = engine.named(state.get(probe.MOMENTS, {}), _KEY, engine.order_fn(net.order))
-    return named, out
-
-
-class _ScalesContext(nnx_taps.Context):
-    """nnx: every activation tap records ``[RMS, l1]``."""
-
-    def _act(self, name, y):
-        self.records[name] = {_KEY: _scales_of(y)}
-        return y
-
-
-def _nnx_scales(net, state, x):
-    model = nnx.merge(net.graphdef, state, copy=True)
-    ctx = _ScalesContext(net.acts)
-    nnx_taps.install(model, ctx, set(net.acts))
-    out = model(x, **dict(net.apply_kwargs))
-    return net._sorted(ctx.records, _KEY), out
-
-
-def scales(net, variables, x) -> engine.Named:
+def scales(net, variables, x) -> Named:
     """``[RMS, l1]`` of every activation tap and of the outputs (named :data:`OUTPUT`, last):
-    a :class:`~sigprop.engine.Named` ``[layers + 1, 2]``. Train mode (batch statistics)."""
-    named, out = (_linen_scales if net.kind == "linen" else _nnx_scales)(net, variables, x)
+    a :class:`~sigprop.core.plan.Named` ``[layers + 1, 2]``. Train mode (batch statistics)."""
+    named, out = net.observe(variables, x, _scales_of)
     rows = _scales_of(out)[None]
     value = rows if named.value is None else jnp.concatenate([named.value, rows])
-    return engine.Named(tuple(named.names) + (OUTPUT,), value)
+    return Named(tuple(named.names) + (OUTPUT,), value)
 
 
 # ------------------------------------------------------------------------------------------------

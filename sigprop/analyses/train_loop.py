@@ -15,15 +15,14 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 from jax import lax
 
 from sigprop.analyses import curvature
 from sigprop.backend import xla_cpu
 from sigprop.core import engine
-from sigprop.core.engine import Plan
 from sigprop.core.objective import Objective
-from sigprop.taps import probe
+from sigprop.core.plan import Plan
+from sigprop.util.keys import EPOCH_TAG, LAMBDA_MAX_TAG
 
 
 class _State(NamedTuple):
@@ -64,9 +63,7 @@ def _optimizer(cfg: Config, rate):
 
 def variables(net, params, rest, probes):
     """The full variables ``measure_item`` takes (linen: with the zero gradient probes)."""
-    if net.kind == "linen":
-        return {"params": params, **rest, **({probe.PROBES: probes} if probes else {})}
-    return nnx.merge_state(params, rest)
+    return net.merge(params, rest, probes)
 
 
 def _ce_and_accuracy(out, y):
@@ -93,11 +90,8 @@ def _pieces(net, cfg: Config, data: dict):
     n, b, k = images.shape[0], cfg.batch_size, cfg.record_every
     per_epoch = n // b
     probes = None
-    if net.kind == "linen" and cfg.plan is not None:
-        shapes = jax.eval_shape(net.init, jax.random.key(0),
-                                jax.ShapeDtypeStruct(px.shape, px.dtype))
-        probes = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                        shapes.get(probe.PROBES, {}))
+    if cfg.plan is not None:
+        probes = net.zero_probes(jax.ShapeDtypeStruct(px.shape, px.dtype))
     plan = None
     if cfg.plan is not None:  # the gradient metrics' loss: cross-entropy on the probe labels
         plan = dataclasses.replace(cfg.plan, loss=lambda out, _key: _ce_and_accuracy(out, py)[0])
@@ -108,8 +102,8 @@ def _pieces(net, cfg: Config, data: dict):
         return _State(params, rest, _optimizer(cfg, rate).init(params), jnp.zeros(n, jnp.int32))
 
     def epoch_perm(key, epoch):
-        return jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), epoch),
-                                      n).astype(jnp.int32)
+        epoch_key = jax.random.fold_in(jax.random.fold_in(key, EPOCH_TAG), epoch)
+        return jax.random.permutation(epoch_key, n).astype(jnp.int32)
 
     def grad_of(params, rest, idx):
         (loss, (out, new_rest)), g = jax.value_and_grad(obj.loss, has_aux=True)(
@@ -176,8 +170,8 @@ def _pieces(net, cfg: Config, data: dict):
             out["held_out_loss"], out["held_out_accuracy"] = jnp.mean(hl), jnp.mean(ha)
         if cfg.lanczos:
             f, w0 = curvature.flat_loss(obj, state.params, state.rest, px, py)
-            out["lambda_max"] = curvature.lambda_max(
-                f, w0, jax.random.fold_in(jax.random.fold_in(key, 3), r), cfg.lanczos)
+            start = jax.random.fold_in(jax.random.fold_in(key, LAMBDA_MAX_TAG), r)
+            out["lambda_max"] = curvature.lambda_max(f, w0, start, cfg.lanczos)
         first = jax.tree_util.tree_map(lambda a: a[0], (grads, rests))
         return out, (perm, *first)
 

@@ -14,10 +14,9 @@ import numpy as np
 from flax import nnx
 
 from sigprop import metrics
-from sigprop.core import engine
-from sigprop.core.engine import DEFAULT_NOISE, Plan
+from sigprop.core.adapters import linen_network, nnx_network
+from sigprop.core.plan import DEFAULT_NOISE, Plan
 from sigprop.core.selectors import Taps
-from sigprop.taps import probe
 
 
 def check_inputs(model, inputs) -> tuple[tuple[int, ...], Any, Any]:
@@ -96,64 +95,11 @@ def check_apply_kwargs(apply_kwargs) -> tuple:
     return items
 
 
-def _structure_error(what, want, got) -> ValueError:
-    return ValueError(f"variables=: the structure does not fit the model ({what}); expected "
-                      f"{jax.tree_util.tree_structure(want)}, got "
-                      f"{jax.tree_util.tree_structure(got)}")
-
-
-def _linen_variables(net, variables, seeds: int, x_abstract):
-    """The user's linen ``variables`` with zero probes added, checked against the model's
-    structure and shapes, as ``[seeds, ...]`` leaves."""
-    if not hasattr(variables, "items"):
-        raise ValueError(f"variables= must be a dict of collections like model.init returns; "
-                         f"got {type(variables).__name__}")
-    expected = jax.eval_shape(net.init, jax.random.key(0), x_abstract)
-    probes = expected.pop(probe.PROBES, None)
-    # Collections the model only sows (RegNorm's extra loss terms, sigprop's records) are
-    # outputs: a given value is dropped, or ``sow`` would add the pass's terms to it.
-    for c in probe.SOWN:
-        expected.pop(c, None)
-    given = {c: v for c, v in dict(variables).items()
-             if c not in (probe.PROBES,) + probe.SOWN}
-    missing = sorted(set(expected) - set(given))
-    if missing:
-        raise ValueError(f"variables=: the model also needs the collection(s) {missing} (give "
-                         f"everything model.init returns); got {sorted(given)}")
-    want = {c: v for c, v in expected.items() if c in given}
-    if jax.tree_util.tree_structure(want) != jax.tree_util.tree_structure(given):
-        raise _structure_error("collections or names differ", want, given)
-    lead = None
-    for w, g in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(given)):
-        gs = np.shape(g)
-        if gs == w.shape:
-            lead_here = 0
-        elif gs[1:] == w.shape:
-            lead_here = gs[0]
-        else:
-            raise ValueError(f"variables=: a leaf of shape {gs} where the model has "
-                             f"{w.shape} (or [seeds, *{w.shape}])")
-        if lead is None:
-            lead = lead_here
-        elif lead != lead_here:
-            raise ValueError("variables=: some leaves have a leading seed axis and some not")
-    if lead == 0:
-        if seeds != 1:
-            raise ValueError(f"seeds={seeds} with variables= that have no leading seed axis: "
-                             "give [seeds, ...] leaves or seeds=1")
-        given = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], given)
-    elif lead != seeds:
-        raise ValueError(f"seeds={seeds}, but variables= have a leading axis of {lead}")
-    if probes is not None:
-        given[probe.PROBES] = jax.tree_util.tree_map(
-            lambda s: np.zeros((seeds,) + s.shape, s.dtype), probes)
-    return given
-
-
 @functools.lru_cache(maxsize=256)
 def _linen_network(model, x_abstract, taps, apply_kwargs):
-    """:func:`sigprop.engine.linen_network`, traced once per model, input shape and taps."""
-    return engine.linen_network(model, x_abstract, taps, apply_kwargs)
+    """:func:`sigprop.core.adapters.linen_network`, traced once per model, input shape and
+    taps."""
+    return linen_network(model, x_abstract, taps, apply_kwargs)
 
 
 def network(model, x_abstract, taps, apply_kwargs=()):
@@ -166,9 +112,9 @@ def network(model, x_abstract, taps, apply_kwargs=()):
         try:
             return _linen_network(model, x_abstract, taps, apply_kwargs), None
         except TypeError:  # an unhashable module (e.g. a list attribute): not cached
-            return engine.linen_network(model, x_abstract, taps, apply_kwargs), None
+            return linen_network(model, x_abstract, taps, apply_kwargs), None
     if isinstance(model, nnx.Module) or callable(model):
-        return engine.nnx_network(model, x_abstract, taps, apply_kwargs)
+        return nnx_network(model, x_abstract, taps, apply_kwargs)
     raise ValueError(f"model={model!r}: expected a sigprop zoo model, a flax.linen.Module, a "
                      "flax.nnx.Module, or a callable rngs -> nnx.Module")
 
@@ -187,9 +133,7 @@ def given_variables(net, own_state, variables, seeds: int, x_abstract):
         return jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], own_state)
     if variables is None:
         return None
-    if net.kind != "linen":
-        raise ValueError("variables= is for flax.linen models; an nnx model holds its own")
-    return _linen_variables(net, variables, seeds, x_abstract)
+    return net.check_variables(variables, seeds, x_abstract)
 
 
 def run_config(model, shape, seeds, key, user_inputs: bool, plan: Plan) -> dict:

@@ -26,20 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
-from sigprop.core import engine
 from sigprop.core.args import check_apply_kwargs, check_inputs, given_variables, network
-from sigprop.taps import probe
+from sigprop.core.plan import Plan, loss_value
 from sigprop.util.checks import check_seeds
-
-_TAP_COLLECTIONS = (probe.PROBES, probe.PAIR_PROBES, probe.MOMENTS, probe.GRAM, probe.PAIR,
-                    probe.BRANCH, probe.LOSSES)
-
-
-def init_key(key):
-    """The key from which ``analyze`` initializes a seed's network, given the seed's key."""
-    return jax.random.split(jax.random.split(key)[1])[0]
+from sigprop.util.keys import init_key
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -50,7 +41,7 @@ class Objective:
     model's ``loss(outputs, key)``, default cross-entropy against labels drawn with the key, as
     in ``analyze``)."""
 
-    net: Any  # engine.LinenNet | engine.NnxNet
+    net: Any  # adapters.LinenNet | adapters.NnxNet
     loss_fn: Callable | None = None
     given: Any = None  # variables with a leading seed axis, or None (each seed initializes)
 
@@ -60,10 +51,7 @@ class Objective:
 
     def init(self, key, x):
         """Variables of the network seed ``key`` builds (the key ``analyze`` gives the seed)."""
-        v = self.net.init(init_key(key), x)
-        if self.kind == "linen":
-            v = {c: t for c, t in v.items() if c not in _TAP_COLLECTIONS}
-        return v
+        return self.net.init_weights(init_key(key), x)
 
     def variables(self, keys, x):
         """Variables for every seed key (leading seed axis): initialized, or the given ones."""
@@ -73,26 +61,11 @@ class Objective:
 
     def split(self, variables):
         """``(params, rest)``: the trainable parameters and every other collection."""
-        if self.kind == "linen":
-            variables = {c: t for c, t in variables.items() if c not in _TAP_COLLECTIONS}
-            return variables.get("params", {}), {c: t for c, t in variables.items()
-                                                  if c != "params"}
-        params, rest = nnx.split_state(variables, nnx.Param, ...)
-        return params, rest
+        return self.net.split(variables)
 
     def apply(self, params, rest, x):
         """``(outputs, new rest, extra loss terms)`` of one train-mode forward pass."""
-        if self.kind == "linen":
-            mutable = [c for c in rest if c != probe.KERNEL_KEYS] + [probe.LOSSES]
-            out, state = self.net._apply({"params": params, **rest}, x, mutable)
-            extra = sum((jnp.sum(e) for e in jax.tree_util.tree_leaves(
-                state.pop(probe.LOSSES, {}))), jnp.float32(0))
-            new_rest = {**rest, **{c: v for c, v in state.items()}}
-            return out, new_rest, extra
-        model = nnx.merge(self.net.graphdef, params, rest, copy=True)
-        out = model(x, **dict(self.net.apply_kwargs))
-        _, new_rest = nnx.split_state(nnx.state(model), nnx.Param, ...)
-        return out, new_rest, jnp.float32(0)
+        return self.net.apply_train(params, rest, x)
 
     def loss(self, params, rest, x, target):
         """``(scalar loss, (outputs, new rest))`` on the batch ``x``."""
@@ -104,8 +77,8 @@ class Objective:
         a model may add): ``loss_fn(outputs, key)`` for a key ``target``, else mean softmax
         cross-entropy against the integer labels ``target``."""
         if _is_key(target):
-            plan = engine.Plan((), loss=self.loss_fn)
-            return engine.loss_value(plan, outputs, target, ())
+            plan = Plan((), loss=self.loss_fn)
+            return loss_value(plan, outputs, target, ())
         return optax.softmax_cross_entropy_with_integer_labels(
             outputs.reshape(-1, outputs.shape[-1]), jnp.reshape(target, (-1,))).mean()
 
@@ -126,7 +99,7 @@ def objective(model, inputs, *, seeds: int = 1, variables=None, loss=None,
     net, own_state = network(model, x_abstract, None, kw)
     given = given_variables(net, own_state, variables, seeds, x_abstract)
     if given is not None and own_state is None:
-        given = {c: t for c, t in given.items() if c not in _TAP_COLLECTIONS}
+        given = net.without_taps(given)
     return Objective(net, loss, given), shape, dtype, x
 
 

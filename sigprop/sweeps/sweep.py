@@ -37,7 +37,6 @@ import jax
 
 from sigprop.backend import devices
 from sigprop.core.args import make_plan, run_config
-from sigprop.core.engine import seed_keys
 from sigprop.core.results import LayerMetrics
 from sigprop.sweeps.grid import builder_name, canonical, expand_grid
 from sigprop.sweeps.store import (
@@ -50,6 +49,7 @@ from sigprop.sweeps.store import (
 )
 from sigprop.sweeps.units import compute_unit, is_shape, plan_units, resolve_points
 from sigprop.util.checks import check_key, check_precision, check_seeds
+from sigprop.util.keys import seed_keys
 from sigprop.util.progress import Progress
 from sigprop.util.warnings import warn_nonfinite as nonfinite
 

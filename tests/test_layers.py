@@ -17,6 +17,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from sigprop.nn import layers
 from sigprop.nn.layers import Activation, Conv, Dense, classifier_init, transform_weight
 
@@ -121,7 +122,7 @@ def test_scaled_relu_gain_constant():
     # makes the variance 1 is 1 / sqrt(1/2 - 1/(2 pi)) = sqrt(2 pi / (pi - 1)).
     var_relu = 0.5 - 1.0 / (2 * math.pi)
     assert math.isclose(SWS_GAIN, 1.0 / math.sqrt(var_relu), rel_tol=1e-14)
-    assert math.isclose(layers._SCALED_RELU_GAIN, SWS_GAIN, rel_tol=1e-14)
+    assert math.isclose(layers.SCALED_RELU_GAIN, SWS_GAIN, rel_tol=1e-14)
 
 
 def test_scaled_relu_pointwise_matches_numpy():

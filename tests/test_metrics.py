@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sigprop.backend import lapack
 import sigprop.metrics as sm
+from sigprop.backend import cpu, lapack
 from sigprop.metrics import record as sm_record
 from sigprop.taps import probe as sp
 
@@ -578,6 +578,33 @@ def test_symmetric_eigenvalues_match_numpy(n, x64, fast, monkeypatch):
     assert got.dtype == dtype
     tol = (1e-12 if x64 else 2e-6) * want[-1]
     np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+
+
+def test_the_cpu_policy_for_float64_and_lapack_batches():
+    """One place decides (sigprop.backend.cpu): float64 everywhere but on a TPU; LAPACK one
+    matrix per call for calls side by side in a program (always) or on several CPU devices."""
+    on_cpu = jax.default_backend() == "cpu"
+    assert cpu.is_cpu() is on_cpu
+    assert cpu.has_float64() is (jax.default_backend() != "tpu")
+    assert sm.has_f64 is cpu.has_float64 and sm_record.has_f64 is cpu.has_float64
+    assert cpu.lapack_one_matrix_per_call(calls_side_by_side=True)
+    assert cpu.lapack_one_matrix_per_call(calls_side_by_side=False) is (
+        on_cpu and jax.local_device_count() > 1)
+
+
+def test_eigvalsh_one_matrix_per_call_gives_the_batched_eigenvalues(monkeypatch):
+    rng = np.random.default_rng(5)
+    q, _ = np.linalg.qr(rng.standard_normal((3, 7, 7)))
+    a = ((q * np.geomspace(1e-3, 10.0, 7)[None, None, :]) @ np.swapaxes(q, 1, 2)).astype(np.float32)
+    a = np.stack([a, a[::-1]])  # [2, 3, 7, 7]: two batch axes
+    monkeypatch.setattr(cpu, "lapack_one_matrix_per_call", lambda calls_side_by_side: False)
+    batched = np.asarray(jax.jit(lambda g: lapack.eigvalsh(g))(a))
+    monkeypatch.setattr(cpu, "lapack_one_matrix_per_call", lambda calls_side_by_side: True)
+    text = jax.jit(lambda g: lapack.eigvalsh(g)).lower(a).as_text()
+    per_matrix = np.asarray(jax.jit(lambda g: lapack.eigvalsh(g))(a))
+    assert "while" in text  # lax.map: one matrix per call
+    assert per_matrix.shape == batched.shape == (2, 3, 7)
+    np.testing.assert_allclose(per_matrix, batched, rtol=0, atol=2e-6 * 10.0)
 
 
 def test_eigenvalues_only_path_is_found_while_tracing():

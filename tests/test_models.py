@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 import sigprop
 from sigprop.core import engine
 from sigprop.metrics import ACT_METRICS
@@ -249,6 +250,18 @@ def test_conv_impl_matches_lax_conv(impl, k, stride, size):
         want = jax.grad(functools.partial(loss, ref), argnums=(0, 1))(x, w)
         for g, r in zip(got, want):
             np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_the_cpu_policy_picks_the_conv_impls():
+    """sigprop.backend.cpu decides: shifts for strided convs and outputs of <= 4 pixels, and an
+    explicit transposed-kernel input gradient for stride-1 odd kernels, on CPU only."""
+    from sigprop.backend import cpu
+
+    on_cpu = jax.default_backend() == "cpu"
+    assert cpu.shift_conv(2, 64) is on_cpu and cpu.shift_conv(1, 4) is on_cpu
+    assert not cpu.shift_conv(1, 9)
+    assert cpu.explicit_conv_transpose(1, 3) is on_cpu and cpu.explicit_conv_transpose(1, 1) is on_cpu
+    assert not cpu.explicit_conv_transpose(2, 3) and not cpu.explicit_conv_transpose(1, 2)
 
 
 @pytest.mark.parametrize("impl", ["xla", "shift"])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from numpy.polynomial.hermite_e import hermegauss
 from scipy.special import erf
+
 from sigprop.analyses import theory
 
 PI = math.pi
@@ -133,7 +134,7 @@ def test_variance_map_matches_monte_carlo(name):
     # 1e6 samples: relative standard error of E[phi^2] below 3e-3 for these activations
     q, weight_var, bias_var = 1.7, 1.5, 0.05
     z = np.random.default_rng(2).standard_normal(1_000_000)
-    phi = theory._ACTIVATIONS[name]
+    phi = theory.NUMPY_ACTIVATIONS[name]
     y = phi(math.sqrt(q) * z) ** 2
     mc, se = weight_var * y.mean() + bias_var, weight_var * y.std() / math.sqrt(z.size)
     assert theory.variance_map(q, name, weight_var, bias_var) == pytest.approx(mc, abs=5 * se)
@@ -453,6 +454,23 @@ def test_map_argument_errors():
         theory.correlation_map(0.5, "tanh", points=0)
     with pytest.raises(ValueError, match="elementwise"):
         theory.variance_map(1.0, lambda x: np.sum(x))
+
+
+def test_every_model_activation_has_a_numpy_form_that_agrees():
+    # the models' activations are defined once, in jax (sigprop.nn.layers); theory's numpy form
+    # of each must exist and match it to float32 rounding on float32 inputs
+    import jax.numpy as jnp
+
+    from sigprop.nn import layers
+
+    assert set(layers.ACTIVATIONS) <= set(theory.ACTIVATION_NAMES)
+    assert theory.NUMPY_ACTIVATIONS["scaled_relu"](0.0) == (
+        -layers.SCALED_RELU_GAIN * layers.SCALED_RELU_SHIFT)
+    x = np.linspace(-6, 6, 2001).astype(np.float32)
+    for name, fn in layers.ACTIVATIONS.items():
+        got = np.asarray(fn(jnp.asarray(x)), np.float64)
+        want = theory.NUMPY_ACTIVATIONS[name](x.astype(np.float64))
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6, err_msg=name)
 
 
 def test_theory_imports_without_matplotlib():

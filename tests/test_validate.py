@@ -10,6 +10,7 @@ import json
 import jax
 import numpy as np
 import pytest
+
 from sigprop import cli
 from sigprop.backend import cpu
 from sigprop.paper import experiments
@@ -111,3 +112,17 @@ def test_failed_claim_is_reported_with_numbers():
     d = V.to_json([res], quick=True)
     assert d["claims"][0]["passed"] is False and d["claims"][0]["measured"]["y"] == [1.0, None]
     json.dumps(d)
+
+
+def test_the_experiment_memo_is_bounded_and_holds_every_experiment():
+    """This process's memo of measured experiments keeps the most recently used (a bounded
+    dict), with room for every experiment in both modes."""
+    from sigprop.util.cache import BoundedDict
+
+    assert isinstance(experiments._MEMO, BoundedDict)
+    assert experiments._MEMO._size >= 2 * len(experiments.names())
+    d = BoundedDict(2)
+    d["a"], d["b"] = 1, 2
+    assert d["a"] == 1 and "b" in d  # reading "a" makes "b" the least recently used
+    d["c"] = 3
+    assert dict(d) == {"a": 1, "c": 3} and len(d) == 2 and "b" not in d

@@ -23,6 +23,15 @@ correlation map at ``c = 0`` a 200 x 200 Gauss-Hermite product rule is off by 1.
 ``hermegauss`` overflows beyond ~300 points), while the split Gauss-Legendre rule with 64 points
 per piece is exact to ~1e-14. The split rule therefore assumes that ``phi`` is smooth except at 0,
 as every named activation here is; a callable with a kink elsewhere is integrated less accurately.
+
+Activations. The models' named activations are defined once, in jax, in :mod:`sigprop.nn.layers`
+(``ACTIVATIONS``), with the scaled ReLU's constants (``SCALED_RELU_GAIN``,
+``SCALED_RELU_SHIFT``), which this module imports: they are plain floats, the one thing both sides
+can share bit for bit. :data:`NUMPY_ACTIVATIONS` holds the numpy form of each model activation,
+and a few more: these expectations are float64 quadratures, which the models' float32 jax
+functions would round (and jax's exact ``gelu`` is not scipy's ``erf``), and numpy keeps the
+functions here free of jax. ``tests/test_theory.py`` checks that every model activation has a
+numpy form here and that the two agree.
 """
 
 from __future__ import annotations
@@ -35,15 +44,15 @@ from typing import Callable
 import numpy as np
 from numpy.polynomial.legendre import leggauss
 
+from sigprop.nn.layers import SCALED_RELU_GAIN, SCALED_RELU_SHIFT
+
 _Z_MAX = 10.0  # Gaussian integrals are truncated to [-10, 10]
 _POINTS = 64  # Gauss-Legendre points per piece
 _C_TOL = 1e-6  # cosines outside [-1 - tol, 1 + tol] are errors; inside, rounding, clipped
 
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
-_SCALED_RELU_GAIN = math.sqrt(2 * math.pi / (math.pi - 1))
 _LEAKY_SLOPE = 0.01  # jax.nn.leaky_relu's default
-_INV_SQRT_2PI = 1.0 / math.sqrt(2 * math.pi)
 
 
 def _sigmoid(x):
@@ -58,7 +67,7 @@ def _gelu(x):
     return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
 
 
-_ACTIVATIONS: dict[str, Callable] = {
+NUMPY_ACTIVATIONS: dict[str, Callable] = {
     "relu": lambda x: np.maximum(x, 0.0),
     "leaky_relu": lambda x: np.where(x > 0, x, _LEAKY_SLOPE * x),
     "identity": lambda x: x,
@@ -71,9 +80,11 @@ _ACTIVATIONS: dict[str, Callable] = {
     "selu": lambda x: _SELU_SCALE * np.where(x > 0, x, _SELU_ALPHA * np.expm1(np.minimum(x, 0.0))),
     "sigmoid": _sigmoid,
     "softplus": lambda x: np.logaddexp(0.0, x),
-    "scaled_relu": lambda x: _SCALED_RELU_GAIN * (np.maximum(x, 0.0) - _INV_SQRT_2PI),
+    "scaled_relu": lambda x: SCALED_RELU_GAIN * (np.maximum(x, 0.0) - SCALED_RELU_SHIFT),
 }
-ACTIVATION_NAMES = tuple(_ACTIVATIONS)
+"""The numpy forms of the named activations: every one of ``sigprop.nn.layers.ACTIVATIONS`` (the
+models' own), and more (see the module doc)."""
+ACTIVATION_NAMES = tuple(NUMPY_ACTIVATIONS)
 """Activations known by name: ``gelu`` is the exact ``x Phi(x)``; ``swish`` = ``silu`` =
 ``x sigmoid(x)``; ``elu`` has alpha = 1; ``selu`` the standard constants; ``leaky_relu`` slope 0.01
 (pass a callable for another slope); ``scaled_relu`` = ``sqrt(2 pi / (pi - 1)) (relu(x) -
@@ -87,8 +98,8 @@ ACTIVATION_NAMES = tuple(_ACTIVATIONS)
 def _activation(activation) -> Callable:
     if callable(activation) and not isinstance(activation, str):
         return activation
-    if isinstance(activation, str) and activation in _ACTIVATIONS:
-        return _ACTIVATIONS[activation]
+    if isinstance(activation, str) and activation in NUMPY_ACTIVATIONS:
+        return NUMPY_ACTIVATIONS[activation]
     raise ValueError(f"activation={activation!r}; allowed: {', '.join(ACTIVATION_NAMES)} "
                      "or a callable acting elementwise on numpy arrays")
 
@@ -516,6 +527,7 @@ def groupnorm_rank_bound(width: int, group_size, scale: float = 1.0):
 
 __all__ = [
     "ACTIVATION_NAMES",
+    "NUMPY_ACTIVATIONS",
     "relu_correlation_map",
     "relu_post_activation_cosine",
     "variance_map",

@@ -12,9 +12,8 @@ any failure, means ``jnp.linalg.eigvalsh``, and
 outside :data:`TESTED_JAXLIB`: skips, saying so), so a silent fallback is noticed.
 
 With more than one CPU device in the process (``--xla_force_host_platform_device_count``), each
-matrix gets its own LAPACK call: jaxlib 0.10's batched CPU kernels split a batch over XLA's
-intra-op pool and block a pool thread while they wait, and the devices' calls side by side
-deadlocked a 2-thread pool.
+matrix gets its own LAPACK call: jaxlib 0.10's batched CPU kernels deadlock when calls run side by
+side (:func:`sigprop.backend.cpu.lapack_one_matrix_per_call`, the CPU policy, says when).
 """
 
 from __future__ import annotations
@@ -25,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from sigprop.backend import cpu
 
 
 def syevd_values(g, mode: str):
@@ -87,14 +88,11 @@ def eigvalsh(g):
     (:func:`eigenvalues_only_works`; 1.3-1.6x (jaxlib 0.10), 2.0-2.2x (jaxlib 0.12) faster
     than ``jnp.linalg.eigvalsh``, which always computes eigenvectors, on 3200 matrices of
     32 x 32); else ``jnp.linalg.eigvalsh``."""
-    if g.ndim > 2 and jax.default_backend() == "cpu" and jax.local_device_count() > 1:
-        # jaxlib 0.10's CPU LAPACK kernels split a batch over XLA's intra-op pool and block a
-        # pool thread until the parts are done: one such call per device at once (the devices
-        # run side by side) exhausted a 2-thread pool and deadlocked. One matrix per call is
-        # never split.
+    if g.ndim > 2 and cpu.lapack_one_matrix_per_call(calls_side_by_side=False):
+        # several CPU devices run this call side by side: a batched call could deadlock
         flat = g.reshape((-1,) + g.shape[-2:])
         return lax.map(eigvalsh, flat).reshape(g.shape[:-1])
-    if g.ndim >= 2 and jax.default_backend() == "cpu" and eigenvalues_only_works():
+    if g.ndim >= 2 and cpu.is_cpu() and eigenvalues_only_works():
         w, info = syevd_values(g, "N")
         return jnp.where((info == 0)[..., None], w, jnp.nan)
     return jnp.linalg.eigvalsh(g)

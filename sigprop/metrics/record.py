@@ -5,10 +5,12 @@ Definitions follow science.md and the [BB] reference code. ``x`` is ``[B, ...]``
 flattened to ``[B, D]``. The Gram matrix ``M M^T`` of the rows scaled by ``max |M|`` (no square
 overflows) is a float32 matmul when it is well conditioned (``lambda_min >= 1e-4 trace``, tested
 by a Cholesky factorization: in jnp, vectorized over seeds, for batches up to 64; else one LAPACK
-call per seed and layer, 0.4 ms at 256 x 256); otherwise it is recomputed with float64 sums of the
-(exact) float32 products and stored as a float32 pair ``hi + lo`` (``~2^-48`` relative). On a TPU
-(no float64) it is always the float32 Gram matrix. What is done with the records after the
-network is :mod:`sigprop.metrics.spectral` and :mod:`sigprop.metrics.registry`.
+call per seed and layer, 0.4 ms at 256 x 256, as
+:func:`sigprop.backend.cpu.lapack_one_matrix_per_call` asks); otherwise it is recomputed with
+float64 sums of the (exact) float32 products and stored as a float32 pair ``hi + lo``
+(``~2^-48`` relative). On a TPU (no float64: :func:`sigprop.backend.cpu.has_float64`) it is
+always the float32 Gram matrix. What is done with the records after the network is
+:mod:`sigprop.metrics.spectral` and :mod:`sigprop.metrics.registry`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from sigprop.backend import cpu
 
 # What a tap records (the engine asks taps for the needs of the requested metrics only)
 MOMENTS, GRAM, GRAD, PAIR, PAIR_GRAD, BRANCH = "moments", "gram", "grad", "pair", "pair_grad", "branch"
@@ -33,9 +37,9 @@ ACT_METRICS = (
 
 
 
-def has_f64() -> bool:
-    """float64 arithmetic is available (CPU, GPU; not TPU)."""
-    return jax.default_backend() != "tpu"
+has_f64 = cpu.has_float64
+"""Whether float64 arithmetic is available (CPU, GPU; not TPU): the CPU policy's
+:func:`sigprop.backend.cpu.has_float64`, public as ``sigprop.metrics.has_f64``."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -139,7 +143,7 @@ def _gram64_pair(m):
 
 def _gram_pair(m):
     g = _gram32(m)
-    if not has_f64():
+    if not cpu.has_float64():
         return g, jnp.zeros_like(g)
     return lax.cond(_well_conditioned(g), lambda m: (g, jnp.zeros_like(g)), _gram64_pair, m)
 
@@ -160,14 +164,13 @@ def _gram_record_vmap(axis_size, in_batched, m):
         return jax.tree_util.tree_map(lambda o: jnp.broadcast_to(o, (axis_size,) + o.shape),
                                       out), (True, True)
     g = jax.vmap(_gram32)(m)
-    if not has_f64():
+    if not cpu.has_float64():
         return (g, jnp.zeros_like(g)), (True, True)
-    if g.shape[-1] <= _JNP_CHOLESKY_MAX:
-        ok = jax.vmap(_well_conditioned)(g)
-    else:  # LAPACK one matrix at a time: jaxlib's CPU LAPACK kernels split a batch over XLA's
-        # intra-op pool and block a pool thread while they wait, and two such calls side by
-        # side (two layers) deadlocked a 2-thread pool (jax 0.10.2)
+    # above _JNP_CHOLESKY_MAX, LAPACK's potrf: two layers' checks run side by side
+    if g.shape[-1] > _JNP_CHOLESKY_MAX and cpu.lapack_one_matrix_per_call(calls_side_by_side=True):
         ok = lax.map(_well_conditioned, g)
+    else:
+        ok = jax.vmap(_well_conditioned)(g)
 
     def exact(m):
         hi, lo = jax.vmap(_gram64_pair)(m)
@@ -236,7 +239,7 @@ def grad_norm(g):
     """Frobenius norm of a gradient over the whole batch, computed without overflow: in one
     float64 pass where float64 exists, else as ``max|g| * ||g / max|g|||`` in float32. It is
     finite exactly when every entry of ``g`` is finite (and the norm fits in float32)."""
-    if has_f64():
+    if cpu.has_float64():
         return _norm_f64(g.astype(jnp.float32))
     s = _safe_scale(g)
     return s * jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32) / s)))

@@ -14,12 +14,17 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sigprop.backend import cpu
 from sigprop.nn.normalizers import channel
 from sigprop.taps.collections import KERNEL_KEYS
 
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # untruncated, like torch
 _WN_EPS = 1e-5
-_SCALED_RELU_GAIN = math.sqrt(2 * math.pi / (math.pi - 1))
+SCALED_RELU_SHIFT = 1.0 / math.sqrt(2 * math.pi)
+"""``E[relu(z)]``, ``z ~ N(0, 1)``: what ``scaled_relu`` subtracts."""
+SCALED_RELU_GAIN = math.sqrt(2 * math.pi / (math.pi - 1))
+"""``1 / std(relu(z))`` = ``sqrt(2 pi / (pi - 1))``: ``scaled_relu``'s gain and scaled weight
+standardization's (``sws``). :mod:`sigprop.analyses.theory` imports both constants."""
 
 
 def transform_weight(w, weight: str, gamma=None):
@@ -40,7 +45,7 @@ def transform_weight(w, weight: str, gamma=None):
         fan_in = math.prod(w.shape[:-1])
         mean = jnp.mean(w, axis=axes, keepdims=True)
         std = jnp.sqrt(jnp.mean(jnp.square(w - mean), axis=axes, keepdims=True))
-        gain = channel(gamma, w.ndim) * (_SCALED_RELU_GAIN / math.sqrt(fan_in))
+        gain = channel(gamma, w.ndim) * (SCALED_RELU_GAIN / math.sqrt(fan_in))
         return gain * (w - mean) / (std + _WN_EPS)
     raise ValueError(f"weight={weight!r}; allowed: plain, weightnorm, sws")
 
@@ -88,18 +93,17 @@ def conv2d(x, w, stride: int, impl: str = "auto"):
     ``impl='shift'`` sums ``k * k`` strided slices times ``w[dy, dx]`` (plain matmuls, forward
     and backward). ``'auto'`` uses ``shift`` on CPU for strided convs and tiny (<= 2x2) outputs,
     where XLA:CPU's convolution is 10-80x slower (benchmarks/conv_impl.py), and ``xla``
-    everywhere else.
+    everywhere else. Both CPU choices are the CPU policy's (:func:`sigprop.backend.cpu.shift_conv`,
+    :func:`sigprop.backend.cpu.explicit_conv_transpose`).
     """
     k = w.shape[0]
     p = (k - 1) // 2
     n, h, wd, c = x.shape
     ho, wo = _out_size(h, k, stride, p), _out_size(wd, k, stride, p)
-    cpu = jax.default_backend() == "cpu"
     if impl == "auto":
-        small = ho * wo <= 4
-        impl = "shift" if cpu and (stride > 1 or small) else "xla"
+        impl = "shift" if cpu.shift_conv(stride, ho * wo) else "xla"
     if impl == "xla":
-        if cpu and stride == 1 and k % 2 == 1:
+        if cpu.explicit_conv_transpose(stride, k):
             return _same_conv(x, w)
         return _xla_conv(x, w, stride, p)
     if impl != "shift":
@@ -191,15 +195,18 @@ def classifier_init(key, shape, dtype=jnp.float32):
 # --------------------------------------------------------------------------------------------
 # Activations
 
-_ACTIVATIONS: dict[str, Callable] = {
+ACTIVATIONS: dict[str, Callable] = {
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "swish": jax.nn.swish,
     "identity": lambda x: x,
-    "scaled_relu": lambda x: _SCALED_RELU_GAIN * (jax.nn.relu(x) - 1.0 / math.sqrt(2 * math.pi)),
+    "scaled_relu": lambda x: SCALED_RELU_GAIN * (jax.nn.relu(x) - SCALED_RELU_SHIFT),
 }
-ACTIVATION_NAMES = tuple(_ACTIVATIONS) + ("tlu",)
+"""The models' named elementwise activations, defined here once (``tlu``, learnable, is
+:class:`Activation`'s own). :mod:`sigprop.analyses.theory` has the numpy form of each, for its
+float64 expectations (tests/test_theory.py checks they agree)."""
+ACTIVATION_NAMES = tuple(ACTIVATIONS) + ("tlu",)
 
 
 def check_activation(activation):
@@ -229,5 +236,5 @@ class Activation(nn.Module):
             tau = self.param("tau", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
             return jnp.maximum(x, channel(tau, x.ndim))
         if isinstance(self.fn, str):
-            return _ACTIVATIONS[self.fn](x)
+            return ACTIVATIONS[self.fn](x)
         return self.fn(x)

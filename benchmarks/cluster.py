@@ -32,7 +32,7 @@ import tempfile
 import time
 
 import sigprop
-from sigprop.cli import _sweep_inputs, _sweep_model
+from sigprop.cli.sweep import sweep_inputs, sweep_model
 from sigprop.core.results import equal
 from sigprop.sweeps import executors as cluster
 
@@ -58,7 +58,7 @@ def grid(batch: int = 16, image: int = 8) -> list[dict]:
 def in_process(out: str, seeds: int) -> dict:
     """The sweep in this process: ``{"wall", "cpu"}`` seconds."""
     start, cpu = time.perf_counter(), time.process_time()
-    sigprop.sweep(_sweep_model, grid(), _sweep_inputs, seeds=seeds, out=out, progress=False)
+    sigprop.sweep(sweep_model, grid(), sweep_inputs, seeds=seeds, out=out, progress=False)
     return dict(wall=time.perf_counter() - start, cpu=time.process_time() - cpu)
 
 
@@ -75,7 +75,7 @@ def on_dask(out: str, seeds: int, workers: int) -> dict:
         with cluster.local_cluster(workers) as client:
             up = time.perf_counter() - start
             start = time.perf_counter()
-            sigprop.sweep(_sweep_model, grid(), _sweep_inputs, seeds=seeds, out=out,
+            sigprop.sweep(sweep_model, grid(), sweep_inputs, seeds=seeds, out=out,
                           executor=client, progress=False)
             wall = time.perf_counter() - start
     finally:

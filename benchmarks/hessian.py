@@ -98,7 +98,7 @@ def main(argv=None):
         @functools.partial(jax.jit, compiler_options=xla_cpu.loop_options())
         def go(p, v0):
             matvec = hessian.hvp_fn(obj, p, rest, x, labels)
-            return hessian.lanczos(matvec, v0, order)
+            return lanczos_lib.lanczos(matvec, v0, order)
 
         return go
 

@@ -29,7 +29,6 @@ matmul in the backward pass).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import resource
@@ -40,13 +39,14 @@ import time
 
 import jax
 import jax.numpy as jnp
+
 import sigprop
+from sigprop.analyses import analyze as _analyze  # noqa: E402 (the module; sigprop.analyze is analyze())
 from sigprop.backend import lapack, xla_cpu
 from sigprop.core import engine
 from sigprop.nn import layers
 from sigprop.taps import probe
 
-from sigprop.analyses import analyze as _analyze  # noqa: E402 (the module; sigprop.analyze is analyze())
 GIB = 2**30
 
 

@@ -11,7 +11,6 @@ loads the papers' code, the cluster executors and the CLI only when they are ask
 import importlib
 
 import sigprop.nn as models  # noqa: E402  (sigprop.models: the zoo)
-from sigprop.taps import probe  # noqa: E402  (sigprop.probe: the linen taps, layer naming)
 
 # beyond initialization: sigprop.train(...) and sigprop.coord_check(...) are callable modules
 from sigprop import coord_check, hessian, metrics, train  # noqa: E402
@@ -24,7 +23,10 @@ from sigprop.core.selectors import Taps
 from sigprop.nn import cnn, mlp, normalizers, resnet56, wrn
 from sigprop.sweeps.store import load_sweep
 from sigprop.sweeps.sweep import sweep
-from sigprop.taps import tap
+from sigprop.taps import (
+    probe,  # noqa: E402  (sigprop.probe: the linen taps, layer naming)
+    tap,
+)
 from sigprop.util import data
 from sigprop.util.warnings import NonFiniteWarning
 

@@ -5,6 +5,7 @@ import warnings
 import jax
 import numpy as np
 import pytest
+
 import sigprop
 from sigprop.core import engine
 from sigprop.core.results import LayerMetrics, equal

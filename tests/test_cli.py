@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+
 import sigprop
 from sigprop import cli
 from sigprop.core.results import from_arrays

@@ -18,13 +18,14 @@ import sys
 import time
 
 import pytest
+
 import sigprop
 from sigprop import cli
 from sigprop.core.results import equal
 from sigprop.sweeps import executors as cluster
+from sigprop.sweeps import store  # noqa: E402
 from sigprop.sweeps.sweep import load_sweep, sweep
 
-from sigprop.sweeps import store  # noqa: E402
 SHAPE = (8, 8)
 GRID = {"depth": [1, 2, 3], "width": [8], "norm": ["layernorm", "batchnorm"],
         "n_classes": [10]}  # 6 points, 6 programs

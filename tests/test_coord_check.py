@@ -29,8 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import sigprop
 from flax import nnx
+
+import sigprop
 from sigprop.analyses.coord_check import OUTPUT, coord_check
 from sigprop.util import data as data_lib
 

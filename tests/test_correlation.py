@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 import sigprop
 from sigprop import metrics
 from sigprop.core import engine

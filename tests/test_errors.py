@@ -13,6 +13,7 @@ import importlib
 
 import numpy as np
 import pytest
+
 import sigprop
 from sigprop.nn import normalizers
 

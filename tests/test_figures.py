@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+
 from sigprop.paper import experiments, figures
 
 pytestmark = pytest.mark.figures

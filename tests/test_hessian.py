@@ -29,8 +29,9 @@ import optax
 import pytest
 from flax import nnx
 from jax.flatten_util import ravel_pytree
-from sigprop import nn as models
+
 from sigprop import hessian
+from sigprop import nn as models
 from sigprop.analyses import hessian as hessian_impl
 from sigprop.cli import hessian as hessian_cli
 

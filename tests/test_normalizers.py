@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from sigprop.nn import normalizers
 
 # Tolerance for float32 module output vs the float64 numpy reference.

@@ -9,8 +9,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import sigprop  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+import sigprop  # noqa: E402
 from sigprop.analyses import theory  # noqa: E402
 from sigprop.core.results import from_arrays  # noqa: E402
 from sigprop.metrics import ACT_METRICS  # noqa: E402

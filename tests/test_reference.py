@@ -11,6 +11,7 @@ GN 0.735, IN 3.98, BN 1.88.
 
 import numpy as np
 import pytest
+
 import sigprop
 
 # 4 normalizers x 6 seeds of cfg_10 at batch 64 (about 2.5 min): in the second test command

@@ -17,11 +17,11 @@ import time
 import jax
 import numpy as np
 import pytest
+
 import sigprop
 from sigprop.core.results import LayerMetrics, equal, from_arrays
-from sigprop.sweeps.sweep import Point, expand_grid, load_sweep, sweep
-
 from sigprop.sweeps import store, units  # noqa: E402
+from sigprop.sweeps.sweep import Point, expand_grid, load_sweep, sweep
 
 core = sys.modules["sigprop.core.engine"]
 SHAPE = (8, 8)

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+
 import sigprop
 from sigprop.nn.resnet import resnet
 

@@ -28,12 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import sigprop
 from flax import nnx
+
+import sigprop
 from sigprop.analyses import train_loop
-from sigprop.cli import train as train_cli
-from sigprop.analyses.train import TrainResult, learning_rate_search, train
+from sigprop.analyses.lr_search import learning_rate_search
+from sigprop.analyses.train import TrainResult, train
 from sigprop.analyses.train_result import equal
+from sigprop.cli import train as train_cli
 from sigprop.util import data as data_lib
 
 B, N, STEPS, EVERY, K = 32, 96, 5, 2, 3

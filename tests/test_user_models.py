@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import sigprop
 from flax import nnx
+
+import sigprop
 
 ACT_METRICS = (
     "activation_variance",

@@ -43,7 +43,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 
@@ -55,10 +54,11 @@ from jax import lax
 
 from sigprop.analyses.curvature import flatten, hvp_fn
 from sigprop.analyses.lanczos import lanczos_run, ritz, tridiagonal
-from sigprop.backend import xla_cpu
-from sigprop.core import engine
+from sigprop.backend import cpu, xla_cpu
 from sigprop.core import objective as objective_lib
+from sigprop.util import npz
 from sigprop.util.checks import check_int, check_key, check_precision, check_seeds
+from sigprop.util.keys import PROBE_TAG, seed_keys, split_item, split_run
 
 # --------------------------------------------------------------------------------------------
 # The result
@@ -215,28 +215,14 @@ class Spectrum:
     def save(self, path: str | os.PathLike) -> str:
         """One ``.npz`` (the arrays, plus ``n_params`` and ``config`` as JSON; no pickle).
         Returns the path written (``.npz`` appended if missing)."""
-        path = os.fspath(path)
-        if not path.endswith(".npz"):
-            path += ".npz"
         meta = dict(format="sigprop.hessian/1", n_params=self.n_params, config=self.config)
-        with open(path, "wb") as f:
-            np.savez(f, __meta__=np.array(json.dumps(meta)),
-                     **{k: np.asarray(getattr(self, k)) for k in self._ARRAYS})
-        return path
+        return npz.write(path, meta, {k: getattr(self, k) for k in self._ARRAYS})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Spectrum":
         """Read a file written by :meth:`save`."""
-        path = os.fspath(path)
-        if not path.endswith(".npz") and not os.path.exists(path):
-            path += ".npz"
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["__meta__"]))
-                arrays = {k: data[k] for k in cls._ARRAYS}
-        except (OSError, KeyError, ValueError, EOFError) as e:
-            raise ValueError(f"{path} is not a sigprop Hessian spectrum file ({e})") from None
-        if not isinstance(meta, dict) or meta.get("format") != "sigprop.hessian/1":
+        path, meta, arrays = npz.read(path, "Hessian spectrum")
+        if meta.get("format") != "sigprop.hessian/1" or set(cls._ARRAYS) - set(arrays):
             raise ValueError(f"{path} is not a sigprop Hessian spectrum file")
         return cls(**arrays, n_params=int(meta["n_params"]), config=meta["config"])
 
@@ -244,18 +230,15 @@ class Spectrum:
 # --------------------------------------------------------------------------------------------
 # spectrum: the boundary and the compiled core
 
-_PROBE_TAG = 0x4E55  # fold_in tag of a seed's probe key (apart from its data/init/label keys)
 DEFLATE_TOL = 1e-3  # a first-run Ritz pair is deflated if its residual <= this * max |theta|
 PROBE_BATCH_BYTES = 2 ** 30  # Lanczos bases held at once (all seeds); more probes run in turn
 
 
 def _vmapped() -> bool:
-    """Whether seeds and probes are vmapped (accelerators) or run one after another (CPU, where
-    a vmapped run's reorthogonalization reads strided basis blocks: a vmap of one seed took 2x
-    the time per Lanczos step, and ``spectrum(order=90, probes=8)`` of the benchmark's
-    663k-parameter MLP 156 s vmapped against 52-66 s in turn). The numbers are the same up to
-    float32 rounding (tests/test_hessian.py)."""
-    return jax.default_backend() != "cpu"
+    """Whether seeds and probes are vmapped (accelerators) or run one after another (CPU): the
+    CPU policy's :func:`sigprop.backend.cpu.sequential_loops`, which has the reason and the
+    timings. The numbers are the same up to float32 rounding (tests/test_hessian.py)."""
+    return not cpu.sequential_loops()
 
 
 def _map(fn, xs, vmapped: bool):
@@ -267,16 +250,16 @@ def _seed_fn(net, loss_fn, flags, shape, order, batch, batches, gauss_newton, vm
              given, labels):
     """Everything for one seed (see :func:`spectrum`)."""
     obj = objective_lib.Objective(net, loss_fn)
-    k_data, k_run = jax.random.split(key)  # the splits of sigprop.engine.measure_item
+    k_data, k_run = split_item(key)  # the splits of sigprop.core.engine.measure_item
     if x is None:
         x = jax.random.normal(k_data, shape, jnp.float32)
     variables = obj.init(key, x) if given is None else given
     params, rest = obj.split(variables)
     mask = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), list(flags))
-    target = jax.random.split(k_run)[1] if labels is None else labels
+    target = split_run(k_run)[1] if labels is None else labels
     matvec = hvp_fn(obj, params, rest, x, target, mask, gauss_newton=gauss_newton)
     n = flatten(params, mask)[0].shape[0]
-    g = jax.random.normal(jax.random.fold_in(key, _PROBE_TAG), (1 + batches * batch, n))
+    g = jax.random.normal(jax.random.fold_in(key, PROBE_TAG), (1 + batches * batch, n))
     al0, be0, q_basis = lanczos_run(matvec, g[0], order)
     theta, vecs = jnp.linalg.eigh(tridiagonal(al0, be0[:-1]))
     converged = jnp.abs(be0[-1] * vecs[-1]) <= DEFLATE_TOL * jnp.max(jnp.abs(theta))
@@ -387,7 +370,7 @@ def spectrum(model, inputs, *, variables=None, loss=None, params=None, order: in
     batch = max(1, min(deflated, PROBE_BATCH_BYTES // max(per_probe, 1)))
     batches = -(-deflated // batch)
     batch = -(-deflated // batches) if batches else 1
-    keys = engine.seed_keys(root, seeds)
+    keys = seed_keys(root, seeds)
     impl = str(jax.random.key_impl(keys))
     out = _core(net=obj.net, loss_fn=loss, flags=tuple(jax.tree_util.tree_leaves(mask)),
                 shape=shape, order=order, batch=batch, batches=batches,

@@ -22,9 +22,9 @@ from sigprop.core.results import (
     NamedArrays,
     axis_of,
     freeze,
-    read_npz,
     write_npz,
 )
+from sigprop.util import npz
 
 _FORMAT = "sigprop.TrainResult/1"
 
@@ -194,7 +194,7 @@ class TrainResult(NamedArrays):
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainResult":
         """Read a file written by :meth:`save`."""
-        path, meta, arrays = read_npz(path, "TrainResult")
+        path, meta, arrays = npz.read(path, "TrainResult")
         if meta.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a sigprop TrainResult file (format "
                              f"{meta.get('format')!r})")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from collections.abc import Mapping
 
 import jax
 import numpy as np
 
 from sigprop import metrics as _metrics
+from sigprop.util import npz
 
 _FORMAT = "sigprop.LayerMetrics/2"
 _OLD_FORMAT = "sigprop.LayerMetrics/1"
@@ -29,37 +29,10 @@ def axis_of(name: str) -> str:
 
 
 def write_npz(path, fmt: str, coords: Mapping, config: Mapping, arrays: Mapping) -> str:
-    """One ``.npz``: ``arrays`` plus ``{"format", "coords", "config"}`` as a JSON string (no
-    pickle). Returns the path written (``.npz`` appended if missing)."""
-    path = os.fspath(path)
-    if not path.endswith(".npz"):
-        path += ".npz"
+    """One ``.npz`` of a named-arrays result: ``arrays`` plus ``{"format", "coords", "config"}``
+    (:func:`sigprop.util.npz.write`). Returns the path written (``.npz`` appended if missing)."""
     meta = dict(format=fmt, coords={k: list(v) for k, v in coords.items()}, config=dict(config))
-    with open(path, "wb") as f:
-        np.savez(f, __meta__=np.array(json.dumps(meta)),
-                 **{k: np.asarray(v) for k, v in arrays.items()})
-    return path
-
-
-def read_npz(path, what: str) -> tuple[str, dict, dict]:
-    """``(path, metadata, arrays)`` of a file :func:`write_npz` wrote; anything else is a
-    ValueError saying the file is not a sigprop ``what`` file."""
-    path = os.fspath(path)
-    if not path.endswith(".npz") and not os.path.exists(path):
-        path += ".npz"
-    if not os.path.exists(path):
-        raise ValueError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "__meta__" not in data.files:
-                raise ValueError("no sigprop metadata")
-            meta = json.loads(str(data["__meta__"]))
-            arrays = {k: data[k] for k in data.files if k != "__meta__"}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a sigprop {what} file ({e})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path} is not a sigprop {what} file")
-    return path, meta, arrays
+    return npz.write(path, meta, arrays)
 
 
 class NamedArrays(Mapping):
@@ -224,7 +197,7 @@ class LayerMetrics(NamedArrays):
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LayerMetrics":
         """Read a file written by :meth:`save` (also sigprop 0.1's files)."""
-        path, meta, arrays = read_npz(path, "LayerMetrics")
+        path, meta, arrays = npz.read(path, "LayerMetrics")
         fmt = meta.get("format")
         if fmt == _FORMAT:
             coords = meta["coords"]

@@ -23,6 +23,8 @@ import numpy as np
 
 from sigprop.analyses.analyze import analyze
 from sigprop.core.results import LayerMetrics
+from sigprop.util import npz
+from sigprop.util.cache import BoundedDict
 
 FORMAT = "sigprop.experiment/1"
 _NAME_FIELDS = ("layer_names", "grad_layer_names", "branch_layer_names")
@@ -85,22 +87,15 @@ class Data(Mapping):
 
     def save(self, path: str) -> None:
         """Write one ``.npz`` atomically (arrays, and the metadata as JSON)."""
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, __meta__=np.array(json.dumps({"format": FORMAT, **self.meta})),
-                 **self.arrays)
-        os.replace(tmp, path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        npz.write(path, {"format": FORMAT, **self.meta}, self.arrays, atomic=True)
 
     @classmethod
     def load(cls, path: str) -> "Data":
-        with np.load(path, allow_pickle=False) as f:
-            if "__meta__" not in f.files:
-                raise ValueError(f"{path}: not a sigprop experiment file (no metadata)")
-            meta = json.loads(str(f["__meta__"]))
-            if meta.pop("format", None) != FORMAT:
-                raise ValueError(f"{path}: unknown format; expected {FORMAT}")
-            return cls({k: f[k] for k in f.files if k != "__meta__"}, meta)
+        path, meta, arrays = npz.read(path, "experiment")
+        if meta.pop("format", None) != FORMAT:
+            raise ValueError(f"{path}: unknown format; expected {FORMAT}")
+        return cls(arrays, meta)
 
 
 class Runner:
@@ -194,7 +189,9 @@ def _load_all() -> None:
     )
 
 
-_MEMO: dict[tuple[str, bool], Data] = {}
+# (name, quick) -> Data, the most recently used kept: room for every registered experiment in
+# both modes (9 x 2 today), so a validate or figures run measures each once
+_MEMO: BoundedDict = BoundedDict(32)
 
 
 def measure(name: str, quick: bool = True, *, cache: str | None = None,

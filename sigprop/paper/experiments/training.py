@@ -105,7 +105,7 @@ def _norm_options(norm: str, width: int) -> dict:
 
 
 def _bb_measure(r) -> None:
-    from sigprop.analyses import train
+    from sigprop.analyses.lr_search import learning_rate_search
 
     s = r.s
     (xt, yt), (xp, yp) = mnist_split(s.n_train, s.batch)
@@ -113,9 +113,9 @@ def _bb_measure(r) -> None:
         model = models.mlp(s.depth, s.width, norm=norm, n_classes=K_CLASSES,
                            **_norm_options(norm, s.width))
         r.analyze(f"init/{norm}", model, xp, metrics=("cosine_similarity",))
-        search = train.learning_rate_search(model, (xt, yt), rates=s.rates, steps=s.steps,
-                                            batch_size=s.batch, seeds=s.seeds,
-                                            record_every=s.record_every)
+        search = learning_rate_search(model, (xt, yt), rates=s.rates, steps=s.steps,
+                                      batch_size=s.batch, seeds=s.seeds,
+                                      record_every=s.record_every)
         i = list(search.rates).index(search.rate)
         loss = np.asarray(search.result["train_loss"])[:, i]  # [seeds, records]
         r.put(f"train/{norm}/loss", loss)

@@ -3,16 +3,13 @@ data. Each plot returns what it drew, ``{"panel/line": y values}``."""
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 
 from sigprop.analyses import theory as th
+from sigprop.paper import validate as _v  # noqa: E402 (the module; sigprop.validate is the function)
 from sigprop.paper.experiments import beyond_batchnorm as bb
 from sigprop.paper.experiments import unique
 from sigprop.paper.figures import Figure, band, color, group_color, register, theory
-
-from sigprop.paper import validate as _v  # noqa: E402 (the module; sigprop.validate is the function)
 
 
 def _stage1(run) -> np.ndarray:

@@ -74,7 +74,7 @@ def analyze(model, inputs, *, seeds: int = 1, key=0, variables=None, taps: Taps 
       mesh: a 1-D ``jax.sharding.Mesh`` (``sigprop.devices.mesh``); default all devices.
 
     Returns:
-      :class:`~sigprop.results.LayerMetrics`: ``[seeds, layers]`` arrays named by metric. A
+      :class:`~sigprop.LayerMetrics`: ``[seeds, layers]`` arrays named by metric. A
       NaN/Inf in a layer is data: flagged in ``finite`` / ``grad_finite``, and a
       :class:`NonFiniteWarning` names the first layer where it appears.
     """

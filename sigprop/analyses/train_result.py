@@ -2,7 +2,7 @@
 
 Every array is ``[seed, (rate,) step]`` (a scalar per record: :data:`SCALARS`) or ``[seed,
 (rate,) step, <layer axis>]`` (an ``analyze`` metric or finite flag, on ``layer``,
-``grad_layer`` or ``branch_layer`` as in :class:`~sigprop.results.LayerMetrics`); the ``rate``
+``grad_layer`` or ``branch_layer`` as in :class:`~sigprop.LayerMetrics`); the ``rate``
 axis is there only for a learning-rate grid. ``coords`` holds ``step`` (the step of each
 record), ``rate`` (the grid) and the layer names.
 """

@@ -1,6 +1,6 @@
 """The adapters that own a user's model: :class:`LinenNet` (a zoo model, or any ``flax.linen``
 module, observed through its own taps or through selectors with ``nn.intercept_methods``) and
-:class:`NnxNet` (a ``flax.nnx`` module, observed on a merged copy, :mod:`sigprop.nnx_taps`),
+:class:`NnxNet` (a ``flax.nnx`` module, observed on a merged copy, :mod:`sigprop.taps.nnx_taps`),
 built by :func:`linen_network` / :func:`nnx_network`.
 
 Everything that differs between linen and nnx lives here, behind the same methods: ``init``

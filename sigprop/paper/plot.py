@@ -140,7 +140,7 @@ def with_theory(result: LayerMetrics, metric: str, theory, *, log: bool = False,
     curve beside it, on the same layers.
 
     Args:
-      result: a :class:`~sigprop.results.LayerMetrics`.
+      result: a :class:`~sigprop.LayerMetrics`.
       metric: one of ``result.metric_names``.
       theory: the prediction in the metric's units: an array with one value per plotted layer,
         or a callable called with each plotted ``x`` (the layer position 0..n-1 by default).

@@ -25,7 +25,7 @@ _STALE_S = 24 * 3600  # another machine's temporary is judged by its age
 
 
 class Point(NamedTuple):
-    """One grid point's result: its config and its :class:`~sigprop.results.LayerMetrics`."""
+    """One grid point's result: its config and its :class:`~sigprop.LayerMetrics`."""
 
     config: dict
     metrics: LayerMetrics

@@ -1,4 +1,4 @@
-"""``sweep``: :func:`~sigprop.analyze.analyze` over a grid of configs, sharded, persisted, resumable.
+"""``sweep``: :func:`sigprop.analyze` over a grid of configs, sharded, persisted, resumable.
 
 How a grid runs:
 
@@ -59,7 +59,7 @@ def sweep(builder: Callable[..., Any], grid, inputs, *, seeds: int, out=None, ke
           precision: str = "highest", metrics=None, similar_batch_noise: float | None = None,
           gradient_correlation: bool = False, progress: bool = True, mesh=None,
           executor=None) -> list[Point]:
-    """:func:`~sigprop.analyze.analyze` at every point of ``grid``, compiled as little as possible.
+    """:func:`sigprop.analyze` at every point of ``grid``, compiled as little as possible.
 
     Args:
       builder: ``builder(**config)`` returns a model, e.g. ``sigprop.mlp``.

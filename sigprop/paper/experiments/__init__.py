@@ -101,7 +101,7 @@ class Data(Mapping):
 class Runner:
     """Runs the analyses of one experiment (each once; ``label`` names it) and collects them.
 
-    ``progress``: a :class:`sigprop.progress.Progress` advanced after each analysis."""
+    ``progress``: a :class:`sigprop.util.progress.Progress` advanced after each analysis."""
 
     def __init__(self, sizes: types.SimpleNamespace, progress=None):
         self.s = sizes

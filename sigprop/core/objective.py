@@ -45,10 +45,6 @@ class Objective:
     loss_fn: Callable | None = None
     given: Any = None  # variables with a leading seed axis, or None (each seed initializes)
 
-    @property
-    def kind(self) -> str:
-        return self.net.kind
-
     def init(self, key, x):
         """Variables of the network seed ``key`` builds (the key ``analyze`` gives the seed)."""
         return self.net.init_weights(init_key(key), x)

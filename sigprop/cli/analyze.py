@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sigprop.analyses.analyze import analyze
-from sigprop.cli.common import add_model_args, build_model
+from sigprop.cli.common import add_model_args, build_model, input_shape
 
 
 def register(sub) -> None:
@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     model = build_model(args)
-    shape = (args.batch, args.width or 256) if args.model == "mlp" else (args.batch, args.image, args.image, 3)
+    shape = input_shape(args)
     res = analyze(model, shape, seeds=args.seeds, key=args.key)
     print(f"{type(model).__name__} norm={args.norm} inputs={shape} seeds={args.seeds}")
     for metric in res.metric_names:

@@ -40,6 +40,14 @@ def build_model(args):
     return models.wrn(args.depth or 26, args.width or 2, **common)
 
 
+def input_shape(args) -> tuple[int, ...]:
+    """The inputs of the model :func:`build_model` builds: ``[batch, width]`` for an mlp (its
+    width, 256 by default), else ``[batch, image, image, 3]``."""
+    if args.model == "mlp":
+        return (args.batch, args.width or 256)
+    return (args.batch, args.image, args.image, 3)
+
+
 def ints(text: str) -> list[int]:
     try:
         return [int(t) for t in text.split(",") if t.strip()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from sigprop.analyses.hessian import spectrum
-from sigprop.cli.common import add_model_args, build_model
+from sigprop.cli.common import add_model_args, build_model, input_shape
 
 
 def register(sub):
@@ -35,8 +35,7 @@ def register(sub):
 def run(args) -> int:
     """Run ``sigprop hessian``; print one block per seed. Returns the exit status."""
     model = build_model(args)
-    shape = ((args.batch, args.width or 256) if args.model == "mlp"
-             else (args.batch, args.image, args.image, 3))
+    shape = input_shape(args)
     what = "Gauss-Newton" if args.gauss_newton else "Hessian"
     print(f"{type(model).__name__} norm={args.norm} inputs={shape} {what} params="
           f"{args.params or 'all'} order={args.order} probes={args.probes} seeds={args.seeds}")

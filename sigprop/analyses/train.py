@@ -150,10 +150,13 @@ def train(model, data, *, steps: int, batch_size: int = 128, optimizer="sgd",
       probe_images, seeds=seeds, key=key, similar_batch_noise=..., loss=cross-entropy against
       probe_labels)``. ``metrics=()`` records none of them (and ignores
       ``similar_batch_noise``).
-    - ``train_loss`` / ``train_accuracy``: the mean loss and accuracy (argmax of the outputs ==
-      label) over the next ``confusion_batches`` minibatches of the training stream (those of
+    - ``train_loss`` / ``train_accuracy``: the mean cross-entropy and accuracy (argmax of the
+      outputs == label) over the next ``confusion_batches`` minibatches of the training stream (those of
       steps ``s, s + 1, ...``: distinct batches, disjoint within an epoch), at the recorded
       parameters, train mode (the first is the batch step ``s`` trains on, before its update).
+      ``train_regularizer``: the mean of the model's extra loss terms over the same minibatches
+      (RegNorm's penalty; 0 without): the optimized loss is their sum, the curves and training
+      speed are the cross-entropy alone.
     - ``gradient_cosine_min`` / ``gradient_cosine_mean`` (``confusion_batches >= 2``): over the
       pairs ``i < j`` of those minibatches, the cosine ``<g_i, g_j> / (|g_i| |g_j|)`` of their
       loss gradients ``g_i`` w.r.t. all parameters. Sankararaman et al. (2019) call ``eta``

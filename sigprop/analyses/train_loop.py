@@ -153,11 +153,13 @@ def _pieces(net, cfg: Config, data: dict):
 
         def one(ix):
             loss, o, new_rest, g = grad_of(state.params, state.rest, ix)
-            acc = jnp.mean((jnp.argmax(o, axis=-1) == labels[ix]).astype(jnp.float32))
-            return loss, acc, g, new_rest
+            ce, acc = _ce_and_accuracy(o, labels[ix])
+            return ce, loss - ce, acc, g, new_rest
 
-        losses, accs, grads, rests = jax.vmap(one)(idx)
-        out["train_loss"], out["train_accuracy"] = jnp.mean(losses), jnp.mean(accs)
+        ces, regs, accs, grads, rests = jax.vmap(one)(idx)
+        # the cross-entropy and the model's extra loss terms (regnorm's) are recorded apart
+        out["train_loss"], out["train_accuracy"] = jnp.mean(ces), jnp.mean(accs)
+        out["train_regularizer"] = jnp.mean(regs)
         if cfg.confusion >= 2:
             flat = jax.vmap(lambda g: jax.flatten_util.ravel_pytree(g)[0])(grads)
             out["gradient_cosine_min"], out["gradient_cosine_mean"] = _cosines(flat)

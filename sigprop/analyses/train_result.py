@@ -9,7 +9,6 @@ record), ``rate`` (the grid) and the layer names.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -30,7 +29,11 @@ _FORMAT = "sigprop.TrainResult/1"
 
 # the per-record scalars, with what they are (see sigprop.train.train)
 SCALARS = {
-    "train_loss": "mean softmax cross-entropy over confusion_batches fresh minibatches",
+    "train_loss": "mean softmax cross-entropy over confusion_batches fresh minibatches (the "
+                  "cross-entropy alone: a model's extra loss terms are train_regularizer)",
+    "train_regularizer": "mean of the model's extra loss terms (regnorm's penalty; 0 for "
+                         "models without) over the same minibatches; the optimized loss is "
+                         "train_loss + train_regularizer",
     "train_accuracy": "mean accuracy (argmax == label) over the same minibatches",
     "gradient_cosine_min": "min over pairs of minibatches of the cosine of their loss "
                            "gradients (all parameters); -it is the normalized gradient "
@@ -250,18 +253,4 @@ def equal(a: TrainResult, b: TrainResult) -> bool:
     return all(np.array_equal(np.asarray(a[k]), np.asarray(b[k]), equal_nan=True) for k in a)
 
 
-@dataclasses.dataclass(frozen=True)
-class RateSearch:
-    """The result of :func:`sigprop.train.learning_rate_search`: the largest stable ``rate``,
-    the grid ``rates``, which were ``stable``, the step-0 and final ``train_loss``
-    (``[seeds, rates]``) and the training ``result``."""
-
-    rate: float
-    rates: tuple
-    stable: tuple
-    initial_loss: np.ndarray
-    final_loss: np.ndarray
-    result: TrainResult
-
-
-__all__ = ["TrainResult", "RateSearch", "SCALARS", "equal"]
+__all__ = ["TrainResult", "SCALARS", "equal"]

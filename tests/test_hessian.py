@@ -473,3 +473,28 @@ def test_cli_seeds_are_analyze_networks(tmp_path, capsys):
         lambda w: _ce(model.apply({"params": unravel(w)}, jnp.asarray(x, jnp.float64)), labels),
         w0))
     assert _rel(res.top(5)[1], ev[::-1][:5]).max() <= TOP_RTOL
+
+
+def test_regularizer_false_is_the_cross_entropy_hessian():
+    """RegNorm with ``regularizer=False``: the Hessian of the cross-entropy alone ([U]'s), the
+    dense float64 Hessian of a loss written without the sown penalty; with it, the penalty's
+    curvature is included (the default; the test above)."""
+    c = case("regnorm")
+
+    def ce(w):
+        out, _ = c["model"].apply({"params": c["unravel"](w)}, jnp.asarray(c["x"], jnp.float64),
+                                  mutable=["losses"])
+        return _ce(out, c["labels"])
+
+    h = dense_hessian(ce, c["w0"])
+    ev = np.linalg.eigvalsh(h)
+    n = len(ev)
+    res = hessian.spectrum(c["model"], c["x"], variables=c["variables"], labels=c["labels"],
+                           order=ORDER, probes=n - ORDER + 1, regularizer=False)
+    assert _rel(res.top(5)[0], ev[::-1][:5]).max() <= TOP_RTOL
+    assert _rel(res.lambda_min[0], ev[0], np.abs(ev).max()) <= 1e-3
+    with_penalty = measured("regnorm")[1]
+    assert np.abs(with_penalty[::-1][:5] - ev[::-1][:5]).max() > 100 * TOP_RTOL * ev[-1]
+    assert res.config["regularizer"] is False
+    with pytest.raises(ValueError, match="regularizer="):
+        hessian.spectrum(c["model"], c["x"], regularizer="no")

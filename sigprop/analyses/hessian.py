@@ -246,10 +246,10 @@ def _map(fn, xs, vmapped: bool):
     return jax.vmap(fn)(xs) if vmapped else lax.map(fn, xs)
 
 
-def _seed_fn(net, loss_fn, flags, shape, order, batch, batches, gauss_newton, vmapped, key, x,
-             given, labels):
+def _seed_fn(net, loss_fn, flags, shape, order, batch, batches, gauss_newton, vmapped,
+             extra_terms, key, x, given, labels):
     """Everything for one seed (see :func:`spectrum`)."""
-    obj = objective_lib.Objective(net, loss_fn)
+    obj = objective_lib.Objective(net, loss_fn, extra_terms=extra_terms)
     k_data, k_run = split_item(key)  # the splits of sigprop.core.engine.measure_item
     if x is None:
         x = jax.random.normal(k_data, shape, jnp.float32)
@@ -285,10 +285,10 @@ def _seed_fn(net, loss_fn, flags, shape, order, batch, batches, gauss_newton, vm
 
 
 def _core_fn(net, loss_fn, flags, shape, order, batch, batches, gauss_newton, vmapped,
-             precision, impl, keys, x, given, labels):
+             extra_terms, precision, impl, keys, x, given, labels):
     keys = jax.random.wrap_key_data(keys, impl=impl)
     one = lambda k, v: _seed_fn(net, loss_fn, flags, shape, order, batch,  # noqa: E731
-                                batches, gauss_newton, vmapped, k, x, v, labels)
+                                batches, gauss_newton, vmapped, extra_terms, k, x, v, labels)
     with jax.default_matmul_precision(precision):
         if given is None:
             return _map(lambda k: one(k, None), keys, vmapped)
@@ -297,7 +297,7 @@ def _core_fn(net, loss_fn, flags, shape, order, batch, batches, gauss_newton, vm
 
 _core = xla_cpu.fast_rng(jax.jit(_core_fn, static_argnames=(
     "net", "loss_fn", "flags", "shape", "order", "batch", "batches", "gauss_newton", "vmapped",
-    "precision", "impl"), compiler_options=xla_cpu.loop_options()))
+    "extra_terms", "precision", "impl"), compiler_options=xla_cpu.loop_options()))
 
 
 def _check_labels(labels, shape):
@@ -312,7 +312,7 @@ def _check_labels(labels, shape):
 
 def spectrum(model, inputs, *, variables=None, loss=None, params=None, order: int = 90,
              probes: int = 8, seeds: int = 1, key=0, gauss_newton: bool = False,
-             labels=None, apply_kwargs: dict | None = None,
+             labels=None, apply_kwargs: dict | None = None, regularizer: bool = True,
              precision: str = "highest") -> Spectrum:
     """The loss Hessian's spectrum of ``model`` at initialization, for ``seeds`` seeds at once.
 
@@ -337,6 +337,9 @@ def spectrum(model, inputs, *, variables=None, loss=None, params=None, order: in
       gauss_newton: the Gauss-Newton matrix ``J^T H_z J`` instead of the Hessian.
       labels: integer labels ``[batch]`` (softmax cross-entropy against them) instead of
         ``analyze``'s loss against random labels.
+      regularizer: include the model's extra loss terms (RegNorm's penalty) in the loss whose
+        Hessian is taken; ``False``: the loss alone, e.g. the cross-entropy Hessian [U]
+        measures. Models without extra terms are unaffected.
       precision: matmul precision (``"highest"``: full float32 also on GPU/TPU).
 
     Returns:
@@ -349,6 +352,8 @@ def spectrum(model, inputs, *, variables=None, loss=None, params=None, order: in
     probes = check_int("probes", probes, 1)
     if gauss_newton not in (True, False):
         raise ValueError(f"gauss_newton={gauss_newton!r}: expected True or False")
+    if regularizer not in (True, False):
+        raise ValueError(f"regularizer={regularizer!r}: expected True or False")
     if loss is not None and not callable(loss):
         raise ValueError(f"loss={loss!r} must be a callable (outputs, key) -> scalar")
     obj, shape, dtype, x = objective_lib.objective(model, inputs, seeds=seeds,
@@ -374,7 +379,8 @@ def spectrum(model, inputs, *, variables=None, loss=None, params=None, order: in
     impl = str(jax.random.key_impl(keys))
     out = _core(net=obj.net, loss_fn=loss, flags=tuple(jax.tree_util.tree_leaves(mask)),
                 shape=shape, order=order, batch=batch, batches=batches,
-                gauss_newton=gauss_newton, vmapped=_vmapped(), precision=precision, impl=impl,
+                gauss_newton=gauss_newton, vmapped=_vmapped(), extra_terms=bool(regularizer),
+                precision=precision, impl=impl,
                 keys=jax.random.key_data(keys), x=x, given=obj.given, labels=labels)
     out = jax.tree_util.tree_map(np.asarray, out)
     out = {k: v[:, :probes] if v.ndim == 3 else v for k, v in out.items()}  # drop the padding
@@ -385,5 +391,5 @@ def spectrum(model, inputs, *, variables=None, loss=None, params=None, order: in
                   params=params if isinstance(params, (str, type(None))) else
                   (list(params) if isinstance(params, tuple) else repr(params)),
                   order=order, probes=probes, gauss_newton=gauss_newton,
-                  labels=labels is not None)
+                  labels=labels is not None, regularizer=bool(regularizer))
     return Spectrum(**out, n_params=n, config=config)

@@ -44,6 +44,7 @@ class Objective:
     net: Any  # adapters.LinenNet | adapters.NnxNet
     loss_fn: Callable | None = None
     given: Any = None  # variables with a leading seed axis, or None (each seed initializes)
+    extra_terms: bool = True  # add the model's extra loss terms (RegNorm's penalty) to loss
 
     def init(self, key, x):
         """Variables of the network seed ``key`` builds (the key ``analyze`` gives the seed)."""
@@ -64,9 +65,11 @@ class Objective:
         return self.net.apply_train(params, rest, x)
 
     def loss(self, params, rest, x, target):
-        """``(scalar loss, (outputs, new rest))`` on the batch ``x``."""
+        """``(scalar loss, (outputs, new rest))`` on the batch ``x`` (with the model's extra
+        loss terms unless ``extra_terms=False``)."""
         out, new_rest, extra = self.apply(params, rest, x)
-        return self.output_loss(out, target) + extra, (out, new_rest)
+        value = self.output_loss(out, target)
+        return (value + extra if self.extra_terms else value), (out, new_rest)
 
     def output_loss(self, outputs, target):
         """The loss as a function of the model's outputs alone (without the extra loss terms

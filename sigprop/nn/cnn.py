@@ -71,7 +71,7 @@ class CNN(nn.Module):
             else:
                 for i in range(start + 1, start + 1 + length):
                     x = Unit(features=c, stride=s, **kw, name=pat.format(i))(x)
-        return head(x, self.n_classes)
+        return head(x, self.n_classes, self.spec.center_input)
 
 
 def cnn(cfg: str = "cfg_10", *, depth: int | None = None, width: int = 64, norm="batchnorm",

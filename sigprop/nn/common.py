@@ -126,10 +126,17 @@ def runs(items: list) -> list[tuple[int, int]]:
     return out
 
 
-def head(x, n_classes: int):
-    """Global average pool over the spatial axes, then the dense classifier (zero bias)."""
+def head(x, n_classes: int, center: bool = False):
+    """Global average pool over the spatial axes, then the dense classifier (zero bias).
+
+    ``center=True`` (the normalizers that center every affine op's input: prelayernorm,
+    preregnorm) subtracts each sample's feature mean from the classifier's input too, as
+    PreLayerNorm's definition asks of every affine layer; [U]'s appendix ties the Hessian's
+    conditioning to centering at the logits layer."""
     if x.ndim > 2:
         x = jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
+    if center:
+        x = center_layer(x)
     return Dense(n_classes, use_bias=True, kernel_init=classifier_init, name="classifier")(x)
 
 

@@ -52,7 +52,7 @@ class MLP(nn.Module):
             else:
                 for i in range(1, self.depth):
                     x = Unit(**kw, name=pat.format(i))(x)
-        return head(x, self.n_classes)
+        return head(x, self.n_classes, self.spec.center_input)
 
 
 def mlp(depth: int, width: int, *, norm="none", activation=None, n_classes: int = 100,

@@ -373,3 +373,67 @@ def test_optax_trains_a_lazy_zoo_model():
     grads = jax.grad(loss)(params)
     updates, _ = opt.update(grads, opt.init(params), params)
     assert float(loss(optax.apply_updates(params, updates))) < float(loss(params))
+
+
+# ------------------------------------------------------------------------------------------------
+# Brock et al.'s NF-ResNet (nf_beta=True), written out by hand
+
+
+def test_nf_resnet_matches_a_hand_computation():
+    """``h + alpha f(h / beta)`` with the analytic betas (1, sqrt(1 + a^2); sqrt(1 + 2 a^2) at
+    the transition, whose shortcut conv takes relu(h / beta), then the reset sqrt(1 + a^2)) and a
+    bare stem conv without sws's scaled-ReLU gain: the logits by hand, with plain lax convs."""
+    a = 0.2
+    model = sigprop.models.resnet(2, (4, 8), norm="sws", preact=True, alpha=a, nf_beta=True,
+                                  n_classes=3)
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    p = model.init(jax.random.key(0), x)["params"]
+    gain = np.sqrt(2 * np.pi / (np.pi - 1))
+
+    def conv(q, h, stride=1):  # scaled weight standardization, zero padding 1
+        w = q["kernel"]
+        fan_in = np.prod(w.shape[:3])
+        mean, std = w.mean((0, 1, 2), keepdims=True), w.std((0, 1, 2), keepdims=True)
+        w = (w - mean) / (std + 1e-5) * q["gain"][None, None, None] * gain / np.sqrt(fan_in)
+        y = jax.lax.conv_general_dilated(h, w, (stride, stride), ((1, 1), (1, 1)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + q["bias"][None, None, None]
+
+    betas = [1.0, np.sqrt(1 + a ** 2), np.sqrt(1 + 2 * a ** 2), np.sqrt(1 + a ** 2)]
+    blocks = (("stage1", "block0", 1), ("stage1", "block1", 1), ("stage2", "block0", 2),
+              ("stage2", "block1", 1))
+    h = conv(p["stem"]["Conv_0"], x) / gain
+    for (stage, block, stride), beta in zip(blocks, betas):
+        q = p[stage][block]
+        u = jax.nn.relu(h / beta)
+        f = conv(q["Conv_1"], jax.nn.relu(conv(q["Conv_0"], u, stride)))
+        h = a * f + (conv(q["Conv_2"], u, stride) if stride == 2 else h)
+    logits = h.mean((1, 2)) @ p["classifier"]["kernel"] + p["classifier"]["bias"][None]
+    np.testing.assert_allclose(model.apply({"params": p}, x), logits, rtol=1e-4, atol=1e-5)
+    assert [kw["beta"] for *_, kw in model._plan()] == pytest.approx(betas)
+    with pytest.raises(ValueError, match="nf_beta"):
+        sigprop.models.resnet(2, (4, 8), norm="batchnorm", preact=True, nf_beta=True)
+    with pytest.raises(ValueError, match="nf_beta"):
+        sigprop.models.resnet(2, (4, 8), norm="sws", nf_beta=True)
+
+
+@pytest.mark.parametrize("norm, centered", [("prelayernorm", True), ("preregnorm", True),
+                                            ("layernorm", False)])
+def test_prelayernorm_centers_the_classifier_input(norm, centered):
+    """PreLayerNorm subtracts each sample's layer mean before every affine op, the classifier
+    included ([U]'s appendix ties the logits layer to the conditioning): then every column of
+    the classifier kernel's gradient, h_c^T delta, sums to 0 over the input features."""
+    import optax
+
+    m = sigprop.mlp(3, 16, norm=norm, n_classes=5)
+    x = jax.random.normal(jax.random.key(0), (8, 12))
+    v = m.init(jax.random.key(1), x)
+    y = jnp.arange(8) % 5
+
+    def loss(p):
+        out = m.apply({"params": p}, x, mutable=["losses"])[0]
+        return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
+
+    g = jax.grad(loss)(v["params"])["classifier"]["kernel"]  # [features, classes]
+    sums = np.abs(np.asarray(g).sum(axis=0)) / np.abs(np.asarray(g)).sum(axis=0)
+    assert (sums.max() < 1e-5) == centered, sums

@@ -6,6 +6,15 @@ the final activation in the post-activation block); gradient taps ``.../conv1``,
 ``.../shortcut`` at the conv outputs; branch taps ``.../branch`` (the residual branch, times its
 gain, before the addition: ``residual_variance``). Names come from the taps, in call order. Blocks of a stage after the first are identical and run as
 one ``nn.scan`` stack (``scan=False`` unrolls them).
+
+``nf_beta=True`` (``norm="sws"``, pre-activation only) makes Brock et al. 2021's NF-ResNet:
+blocks ``h + alpha * f(h / beta)``, each dividing its input by ``beta = sqrt(Var(h))``, the
+stream's expected variance computed analytically (``Var(h_0) = 1``, ``Var(h_{l+1}) = Var(h_l) +
+alpha^2``, back to ``1 + alpha^2`` after a transition block, whose shortcut conv takes the
+activated, scaled input ``act(h / beta)`` as in their code); their stem, a bare
+weight-standardized conv without activation (``sws`` folds the scaled-ReLU gain into every conv;
+the stem's input follows no ReLU, so the stem divides that gain out: ``Var(h_0) = Var(input)``).
+Each block has its own ``beta``, so the blocks are unrolled, not scanned.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from sigprop.nn.common import (
     resolve,
     run_stack,
 )
+from sigprop.nn.layers import SCALED_RELU_GAIN
 from sigprop.taps import probe
 from sigprop.util.checks import check_positive
 
@@ -42,6 +52,7 @@ class _Block(nn.Module):
     learn_gain: bool = False  # SkipInit: alpha is a parameter (initialized to skip_gain)
     shortcut_kernel: int = 3
     impl: str = "auto"
+    beta: float | None = None  # NF-ResNet: the input is divided by beta (see the module docstring)
 
     def _conv(self, x, stride=1, kernel=3):
         return affine_op(self.spec, self.features, conv=True, stride=stride, kernel=kernel,
@@ -79,14 +90,16 @@ class _Block(nn.Module):
 
     def _preact(self, x):
         # norm-act-conv-norm-act-conv, times gain, plus shortcut ([BB] preact_BasicBlock)
-        y = probe.Tap("act", name="act1")(self._norm_act(x))
+        a = probe.Tap("act", name="act1")(self._norm_act(x if self.beta is None
+                                                          else x / self.beta))
+        y = a
         y = probe.Tap("grad", name="conv1")(self._conv(y, self.stride))
         y = probe.Tap("act", name="act2")(self._norm_act(y))
         y = self._gain(probe.Tap("grad", name="conv2")(self._conv(y)))
         if self.shortcut != "none":
             y = probe.Tap("branch", name="branch")(y)
         if self.shortcut == "conv":
-            s = norm_slot(self.spec, self.activation)(x)
+            s = norm_slot(self.spec, self.activation)(x) if self.beta is None else a
             y = y + probe.Tap("grad", name="shortcut")(
                 self._conv(s, self.stride, self.shortcut_kernel))
         elif self.shortcut == "identity":
@@ -117,10 +130,12 @@ class ResNet(nn.Module):
     scan: bool = True
     conv_impl: str = "auto"
     remat: bool = False
+    nf_beta: bool = False
 
     def _plan(self):
         """``[(stage, first block, count, block kwargs)]``: each entry one module or stack."""
         plan, cin, widths_in = [], self.stem_width, []  # widths_in: each run's input width
+        var = 1.0  # NF-ResNet: the stream's expected variance at the block's input
         for s, (width, blocks, stride) in enumerate(self.stages, start=1):
             for b in range(blocks):
                 st = stride if b == 0 else 1
@@ -131,6 +146,9 @@ class ResNet(nn.Module):
                 else:
                     sc = "identity"
                 kw = dict(features=width, stride=st, shortcut=sc)
+                if self.nf_beta:
+                    kw["beta"] = float(var) ** 0.5
+                    var = (1.0 if sc == "conv" else var) + self.skip_gain ** 2
                 # a stack's blocks map width -> width: the block that changes the width (also
                 # without a shortcut, skip=False) starts a new run
                 if plan and plan[-1][0] == s and plan[-1][3] == kw and widths_in[-1] == width \
@@ -144,10 +162,14 @@ class ResNet(nn.Module):
 
     def check_inputs(self, shape) -> None:
         check_image_inputs(shape, "resnet")
+        if self.nf_beta and not (self.preact and self.skip):
+            raise ValueError("nf_beta=True needs the pre-activation block with skips")
 
     @nn.compact
     def __call__(self, x):
-        if self.stem == "unit":
+        if self.nf_beta:
+            x = _NFStem(self.stem_width, self.spec, self.conv_impl, name="stem")(x)
+        elif self.stem == "unit":
             x = Unit(self.stem_width, self.spec, self.activation, impl=self.conv_impl, name="stem")(x)
         else:
             x = affine_op(self.spec, self.stem_width, conv=True, impl=self.conv_impl)(x)
@@ -161,7 +183,7 @@ class ResNet(nn.Module):
             x = _Stage(name=f"stage{s}")(x, stage_runs, self.scan, self.remat)
         if self.final_norm:
             x = _FinalNorm(self.spec, self.activation, name="final")(x)
-        return head(x, self.n_classes)
+        return head(x, self.n_classes, self.spec.center_input)
 
 
 class _Stage(nn.Module):
@@ -179,6 +201,19 @@ class _Stage(nn.Module):
         return x
 
 
+class _NFStem(nn.Module):
+    """NF-ResNet's stem: a bare sws conv without its scaled-ReLU gain (module docstring)."""
+
+    features: int
+    spec: normalizers.NormSpec
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x):
+        y = affine_op(self.spec, self.features, conv=True, impl=self.impl)(x) / SCALED_RELU_GAIN
+        return probe.observe_act(self, probe.observe_grad(self, y))
+
+
 class _FinalNorm(nn.Module):
     spec: normalizers.NormSpec
     activation: Any
@@ -192,23 +227,29 @@ class _FinalNorm(nn.Module):
 def resnet(blocks: int = 9, widths: tuple = (32, 64, 128), *, norm="batchnorm", activation=None,
            n_classes: int = 100, preact: bool = False, skipinit: bool = False, alpha: float = 1.0,
            scan: bool = True, conv_impl: str = "auto", remat: bool = False,
-           **norm_options) -> ResNet:
+           nf_beta: bool = False, **norm_options) -> ResNet:
     """A CIFAR ResNet of ``len(widths)`` stages x ``blocks`` basic blocks (``resnet56`` is
     ``blocks=9, widths=(32, 64, 128)``; small ones make quick tests). Arguments as in
-    :func:`resnet56`."""
+    :func:`resnet56`; ``nf_beta=True`` (with ``preact=True``): Brock et al. 2021's NF-ResNet
+    block ``h + alpha * f(h / beta)``, beta the stream's analytic expected std (module
+    docstring); their setting is ``norm="sws", alpha=0.2``."""
+    if nf_beta and not preact:
+        raise ValueError("nf_beta=True is the pre-activation NF-ResNet block; pass preact=True")
     check_positive(blocks=blocks)
     if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
         raise ValueError(f"widths={widths!r} must be a non-empty tuple of integers >= 1")
     check_positive(n_classes=n_classes)
     check_conv_impl(conv_impl)
     spec, act = resolve(norm, activation, norm_options)
+    if nf_beta and spec.weight != "sws":
+        raise ValueError(f"nf_beta=True is Brock et al.'s NF-ResNet, norm='sws'; got {norm!r}")
     for c in widths:
         spec.check_width(c)
     stages = tuple((w, blocks, 1 if i == 0 else 2) for i, w in enumerate(widths))
     return ResNet(stages=stages, spec=spec, activation=act, n_classes=n_classes,
                   stem_width=widths[0], stem="unit", preact=preact,
                   skip_gain=0.0 if skipinit else float(alpha), learn_gain=skipinit, scan=scan,
-                  conv_impl=conv_impl, remat=bool(remat))
+                  conv_impl=conv_impl, remat=bool(remat), nf_beta=bool(nf_beta))
 
 
 def resnet56(*, norm="batchnorm", activation=None, n_classes: int = 100, preact: bool = False,

@@ -1,5 +1,6 @@
 """[BB]'s init-time experiments: ResNet variance (claims 1, 11), the non-residual CNN and
-GroupNorm's group size (claims 2-4), and Brock et al.'s signal-propagation plot."""
+GroupNorm's group size (claims 2-4), and Brock et al.'s signal-propagation plot (BN, no
+normalizer, and their NF-ResNet: sws, alpha = 0.2, beta scaling)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,28 @@ SKIPINIT = ("weightnorm", "sws")
 PRE = ("none", "batchnorm")
 
 
+def post_options(s, norm: str) -> dict:
+    """The normalizer options of a post-activation run: groupnorm takes ``s.group_size``
+    channels per group (8: 4/8/16 groups at widths 32/64/128, 2 at the quick width 16), so that
+    it is neither instancenorm (g = 1) nor layernorm (g = width) at any stage. [BB]'s default of
+    32 groups is instancenorm at width 32, no independent case."""
+    return dict(group_size=s.group_size) if norm == "groupnorm" else {}
+
+
+def check_group_size(s) -> None:
+    widths = tuple(s.post_widths)
+    if any(w % s.group_size or s.group_size in (1, w) for w in widths):
+        raise ValueError(f"group_size={s.group_size} must divide the widths {widths} and be "
+                         "neither 1 (instancenorm) nor a width (layernorm)")
+
+
 def _resnet_measure(r) -> None:
     s = r.s
+    check_group_size(s)
     post = (s.post_batch, s.post_image, s.post_image, 3)
     for norm in POST_EXPONENTIAL + POST_LINEAR:
-        r.analyze(f"post/{norm}", models.resnet(s.blocks, tuple(s.post_widths), norm=norm), post,
+        r.analyze(f"post/{norm}", models.resnet(s.blocks, tuple(s.post_widths), norm=norm,
+                                                **post_options(s, norm)), post,
                   metrics=("activation_variance", "channel_squared_mean"))
     pre = (s.pre_batch, s.pre_image, s.pre_image, 3)
     for norm in SKIPINIT:
@@ -34,9 +52,9 @@ def _resnet_measure(r) -> None:
 RESNET_VARIANCE = register(Experiment(
     "resnet_variance", "ResNet activation variance vs block ([BB] claims 1, 11)",
     quick=dict(seeds=3, blocks=9, post_widths=(16,), post_image=16, post_batch=8,
-               pre_widths=(32, 64, 128), pre_image=32, pre_batch=8, pre_seeds=12),
+               pre_widths=(32, 64, 128), pre_image=32, pre_batch=8, pre_seeds=12, group_size=8),
     full=dict(seeds=8, blocks=9, post_widths=(32, 64, 128), post_image=32, post_batch=64,
-              pre_widths=(32, 64, 128), pre_image=32, pre_batch=64, pre_seeds=12),
+              pre_widths=(32, 64, 128), pre_image=32, pre_batch=64, pre_seeds=12, group_size=8),
     measure=_resnet_measure,
     points=lambda s: len(POST_EXPONENTIAL + POST_LINEAR + SKIPINIT + PRE),
     inputs=lambda s: f"N(0, 1) images, batch {s.post_batch} ({s.post_image}x{s.post_image}) / "
@@ -114,14 +132,28 @@ CNN_GROUPNORM = register(Experiment(
 
 # ------------------------------------------------------------------- Brock et al.'s SPP
 
-BROCK = (("batchnorm", dict(norm="batchnorm")), ("none", dict(norm="none")),
-         ("sws+skipinit", dict(norm="sws", skipinit=True)))
+NF_ALPHA = 0.2
+# The runs. "sws+nf" is Brock et al.'s NF-ResNet: h + alpha f(h / beta), beta the stream's
+# analytic expected std, scaled weight standardization, alpha = sizes.nf_alpha = 0.2
+# (sigprop.nn.resnet, nf_beta=True): its stream variance is 1 + l alpha^2 within a stage.
+BROCK = ("batchnorm", "none", "sws+nf")
+
+
+def brock_legend(label: str, s) -> str:
+    return f"sws NF-ResNet (alpha={s.nf_alpha:g}, beta scaling)" if label == "sws+nf" else label
+
+
+def brock_options(label: str, s) -> dict:
+    if label == "sws+nf":
+        return dict(norm="sws", alpha=s.nf_alpha, nf_beta=True)
+    return dict(norm=label)
 
 
 def _brock_measure(r) -> None:
     s = r.s
     shape = (s.batch, s.image, s.image, 3)
-    for label, kw in BROCK:
+    for label in BROCK:
+        kw = brock_options(label, s)
         r.analyze(f"spp/{label}", models.resnet(s.blocks, tuple(s.widths), preact=True, **kw),
                   shape, metrics=("activation_variance", "channel_squared_mean",
                                   "residual_variance"))
@@ -129,7 +161,7 @@ def _brock_measure(r) -> None:
 
 BROCK_SPP = register(Experiment(
     "brock_spp", "Brock et al.'s signal-propagation plot, pre-activation ResNet",
-    quick=dict(seeds=3, blocks=9, widths=(16, 32, 64), image=16, batch=8),
-    full=dict(seeds=8, blocks=9, widths=(32, 64, 128), image=32, batch=64),
+    quick=dict(seeds=3, blocks=9, widths=(16, 32, 64), image=16, batch=8, nf_alpha=NF_ALPHA),
+    full=dict(seeds=8, blocks=9, widths=(32, 64, 128), image=32, batch=64, nf_alpha=NF_ALPHA),
     measure=_brock_measure, points=lambda s: len(BROCK),
     inputs=lambda s: f"N(0, 1) images, batch {s.batch} ({s.image}x{s.image})"))

@@ -30,7 +30,8 @@ def _resnet_variance(d, axes) -> dict:
     for norm in bb.POST_EXPONENTIAL + bb.POST_LINEAR:
         run = d.run(f"post/{norm}")
         v = run.activation_variance[:, _stage1(run)]
-        drawn[f"post/{norm}"] = band(ax, v / v[:, :1], norm, x=blocks, color=color(norm),
+        label = f"groupnorm (g = {s.group_size})" if norm == "groupnorm" else norm
+        drawn[f"post/{norm}"] = band(ax, v / v[:, :1], label, x=blocks, color=color(norm),
                                      log=True)
     for norm in bb.SKIPINIT:
         run = d.run(f"pre_skipinit/{norm}")
@@ -69,7 +70,12 @@ register(Figure(
     "[BB] ResNet: the residual stream's variance grows exponentially without activation "
     "normalizers, at most linearly with them", (1, 2), _resnet_variance,
     lambda d: f"ResNet stage 1 ({d.sizes.blocks} blocks), batch {d.sizes.post_batch} / "
-              f"{d.sizes.pre_batch}, {d.sizes.seeds} seeds (claims 1, 11)"))
+              f"{d.sizes.pre_batch}, {d.sizes.seeds} seeds; groupnorm: g = {d.sizes.group_size} "
+              f"channels per group ({_groups(d.sizes)} groups) (claims 1, 11)"))
+
+
+def _groups(s) -> str:
+    return "/".join(str(w // s.group_size) for w in s.post_widths)
 
 
 # ------------------------------------------------------------------- [BB] non-residual CNN
@@ -123,19 +129,23 @@ def _groupnorm_rank(d, axes) -> dict:
                                         color=color("groupnorm"))
         # the trend a sqrt(width / g) + b, least squares over the group sizes
         basis = np.sqrt(s.rank_width / g)
-        a, b = np.polyfit(basis, vals.mean(axis=0), 1)
+        mean = vals.mean(axis=0)
+        a, b = np.polyfit(basis, mean, 1)
+        r2 = 1 - np.sum((mean - a * basis - b) ** 2) / np.sum((mean - mean.mean()) ** 2)
         drawn[f"{key}/fit"] = theory(ax, g, a * basis + b,
                                      f"fit {a:.2f} sqrt(width / g) + {b:.2f}")
         drawn[f"{key}/fit_coefficients"] = np.array([a, b])
         ax.set_xscale("log", base=2)
-        ax.set(xlabel="group size g", ylabel=label, title=f"({'ab'[key == 'stable']}) {label}")
+        ax.set(xlabel="group size g", ylabel=label,
+               title=f"({'ab'[key == 'stable']}) {label}: fit R^2 = {r2:.2f}")
         _legend(ax)
     return drawn
 
 
 register(Figure(
     "groupnorm_rank", "cnn_groupnorm",
-    "[BB] GroupNorm: the final layer's rank falls with the group size, as sqrt(width / g)",
+    "[BB] GroupNorm: the final layer's rank falls with the group size; the sqrt(width / g) "
+    "trend fitted (R^2 in the panel titles)",
     (1, 2), _groupnorm_rank,
     lambda d: f"uniform CNN depth {d.sizes.rank_depth} width {d.sizes.rank_width}, batch "
               f"{d.sizes.batch}, {d.sizes.seeds} seeds (claim 3)"))
@@ -292,29 +302,55 @@ register(Figure(
 # ------------------------------------------------------------------------- Brock et al. SPP
 
 
+def nf_law(s) -> np.ndarray:
+    """The NF-ResNet's analytic stream variance at each block's output, the one its betas use:
+    ``1 + (l + 1) alpha^2`` after block l of a stage, from ``Var(h_0) = 1`` in the first stage
+    and from the transition block's reset to ``1 + alpha^2`` in the others."""
+    a2 = float(s.nf_alpha) ** 2
+    return np.tile(1.0 + a2 * np.arange(1, s.blocks + 1), len(s.widths))
+
+
 def _brock(d, axes) -> dict:
-    drawn = {}
-    for ax, metric, title in ((axes[0], "channel_squared_mean", "average channel squared mean"),
-                              (axes[1], "activation_variance", "average channel variance"),
-                              (axes[2], "residual_variance", "residual-branch variance")):
-        for label, _ in bb.BROCK:
+    s, drawn = d.sizes, {}
+    for ax, metric, title in ((axes[0], "channel_squared_mean", "(a) average channel squared mean"),
+                              (axes[1], "activation_variance", "(b) average channel variance"),
+                              (axes[2], "residual_variance", "(c) residual-branch variance")):
+        for label in bb.BROCK:
             run = d.run(f"spp/{label}")
             if metric == "residual_variance":
                 v = getattr(run, metric)
             else:
                 v = getattr(run, metric)[:, run.index(lambda n: n.endswith("/out"))]
-            drawn[f"{metric}/{label}"] = band(ax, v, label, x=np.arange(1, v.shape[-1] + 1),
+            drawn[f"{metric}/{label}"] = band(ax, v, bb.brock_legend(label, s),
+                                              x=np.arange(1, v.shape[-1] + 1),
                                               color=color(label), log=True)
         ax.set(xlabel="residual block (all stages)", title=title)
-    axes[2].set_title("residual-branch variance\n(sws+skipinit: 0, the branch is x 0 at init)",
-                      fontsize=10)
+    x = np.arange(1, s.blocks * len(s.widths) + 1)
+    drawn["residual_variance/nf_law"] = theory(axes[2], x, np.full(len(x), s.nf_alpha ** 2),
+                                               f"NF: alpha^2 = {s.nf_alpha ** 2:g}")
+    axes[2].set_title("(c) residual-branch variance (NF: ~alpha^2; BN: ~1 - 1/pi)")
+    # (d) the NF-ResNet's stream on a linear scale, beside the variance its betas assume
+    ax, run = axes[3], d.run("spp/sws+nf")
+    v = run.activation_variance[:, run.index(lambda n: n.endswith("/out"))]
+    band(ax, v, "measured", x=x, color=color("sws"))
+    law = nf_law(s)
+    for i in range(len(s.widths)):  # one dashed segment per stage (the reset is no line)
+        seg = slice(i * s.blocks, (i + 1) * s.blocks)
+        theory(ax, x[seg], law[seg], "analytic 1 + l alpha^2 (the betas')" if i == 0 else None)
+    drawn["nf_stream/law"] = law
+    ax.set(xlabel="residual block (all stages)", ylabel="average channel variance",
+           title=f"(d) NF-ResNet stream (alpha = {s.nf_alpha:g}), linear scale")
     _legend(axes[0])
+    _legend(axes[2])
+    _legend(ax)
     return drawn
 
 
 register(Figure(
     "brock_spp", "brock_spp",
-    "Brock et al.'s signal-propagation plot: pre-activation ResNet with batchnorm, with no "
-    "normalizer, and with scaled weight standardization + SkipInit", (1, 3), _brock,
+    "Brock et al.'s signal-propagation plot: batchnorm, no normalizer (exponential), and\ntheir "
+    "NF-ResNet (sws, alpha = 0.2, beta scaling): variance ~1 + l alpha^2 within a stage",
+    (2, 2), _brock,
     lambda d: f"pre-activation ResNet {d.sizes.blocks} blocks x widths {tuple(d.sizes.widths)}, "
-              f"batch {d.sizes.batch}, {d.sizes.seeds} seeds", size=(13.0, 4.2)))
+              f"batch {d.sizes.batch}, {d.sizes.seeds} seeds; dashed: analytic (NF), zero "
+              "padding of the 3x3 convs lowers the measured", size=(11.0, 8.0)))

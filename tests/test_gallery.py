@@ -1,0 +1,341 @@
+"""The gallery's fine print: README.md's "The gallery" rows and each figure's title and panel
+titles say only what the committed full-size data shows.
+
+Owns one test per figure (resnet_variance, cnn_cosine, groupnorm_rank, cnn_gradients, u_figure1,
+u_figure2, closed_forms, brock_spp, coord_check; the training figures' tests go in the marked
+place at the end). Each test reads ``figures/data/<name>.npz`` (mode ``full``), measures nothing,
+and asserts, from the arrays with numpy, every statement the figure's README row and titles make
+(orders, growth, slopes, "exponential", "at most linear"), with the thresholds of the
+``sigprop validate`` claim the figure illustrates where there is one. Default suite, fast.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from sigprop.paper.experiments import Data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BN_RATE = np.pi / (np.pi - 1)  # batchnorm's squared-gradient growth per layer (claims 7, 10)
+
+
+def load(name: str) -> Data:
+    d = Data.load(os.path.join(ROOT, "figures", "data", f"{name}.npz"))
+    assert d.meta["mode"] == "full", f"{name}: the committed data must be the full size"
+    return d
+
+
+def title(name: str) -> str:
+    """The figure's title (its statements are what the test below asserts)."""
+    from sigprop.paper import figures
+
+    return figures.get(name).title
+
+
+def final(d, run, metric, layer=-1) -> float:
+    return float(np.mean(d.run(run).mean(metric)[layer]))
+
+
+def stage1_out(run) -> np.ndarray:
+    return run.index(lambda n: n.startswith("stage1/") and n.endswith("/out"))
+
+
+def strictly_decreasing(values) -> bool:
+    return bool(np.all(np.diff(np.asarray(values, float)) < 0))
+
+
+def r_squared(y, basis) -> tuple[float, float]:
+    """Least-squares ``y ~ a basis + b``: (a, R^2)."""
+    a, b = np.polyfit(basis, y, 1)
+    return float(a), float(1 - np.sum((y - a * basis - b) ** 2) / np.sum((y - y.mean()) ** 2))
+
+
+def test_every_figure_has_a_gallery_row():
+    from sigprop.paper import figures
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    gallery = readme[readme.index("The gallery"):]
+    for name in figures.names():
+        assert f"figures/{name}.png" in gallery and f"**{name}**" in gallery, name
+
+
+# ---------------------------------------------------------------------------- [BB] claims 1, 11
+
+
+def test_resnet_variance():
+    """Claims 1, 11: the residual stream's variance grows exponentially without activation
+    normalizers (none, weightnorm, sws: >= 1.3 per block), at most linearly with them (last /
+    first <= 1.5 x blocks); SkipInit (pre-activation) keeps it bounded (<= 2); the
+    pre-activation stream's second moment 2^l without a normalizer, l + 1 with batchnorm."""
+    d = load("resnet_variance")
+    s = d.sizes
+    assert "exponentially without activation normalizers" in title("resnet_variance")
+    growth = {}
+    for norm in ("none", "weightnorm", "sws", "batchnorm", "layernorm", "instancenorm",
+                 "groupnorm", "frn"):
+        run = d.run(f"post/{norm}")
+        v = run.mean("activation_variance")[stage1_out(run)]
+        growth[norm] = v[-1] / v[0]
+    for norm in ("none", "weightnorm", "sws"):
+        assert growth[norm] ** (1 / (s.blocks - 1)) >= 1.3, (norm, growth)
+    for norm in ("batchnorm", "layernorm", "instancenorm", "groupnorm", "frn"):
+        assert growth[norm] <= 1.5 * s.blocks, (norm, growth)
+    # groupnorm is its own case: neither instancenorm (g = 1) nor layernorm (g = width)
+    assert all(w % s.group_size == 0 and 1 < s.group_size < w for w in s.post_widths)
+    for norm in ("weightnorm", "sws"):
+        run = d.run(f"pre_skipinit/{norm}")
+        v = run.mean("activation_variance")[stage1_out(run)]
+        assert v[-1] / v[0] <= 2.0, norm
+    # claim 11: the second moment (variance + squared mean) of the pre-activation stream
+    m = {}
+    for norm in ("none", "batchnorm"):
+        run = d.run(f"pre/{norm}")
+        idx = stage1_out(run)
+        m[norm] = run.activation_variance[:, idx] + run.channel_squared_mean[:, idx]
+    per_seed = (m["none"][:, -1] / m["none"][:, 0]) ** (1 / (s.blocks - 1))
+    se = per_seed.std(ddof=1) / np.sqrt(len(per_seed))
+    assert abs(per_seed.mean() - 2.0) <= 3 * se, (per_seed.mean(), se)  # 2^l
+    slope, r2 = r_squared(m["batchnorm"].mean(axis=0), np.arange(1, s.blocks + 1))
+    assert 0.8 <= slope <= 1.2 and r2 >= 0.98, (slope, r2)  # l + 1
+
+
+# ---------------------------------------------------------------------------- [BB] claims 2-4
+
+
+def test_cnn_cosine():
+    """Claim 2: final-layer cosine layernorm > groupnorm (large > small groups) > instancenorm,
+    and for every group size 1 ... 64: larger groups, more similar samples."""
+    d = load("cnn_cosine")
+    s = d.sizes
+    assert "larger groups, more similar samples" in title("cnn_cosine")
+    order = ["layernorm", f"groupnorm(g={s.gn_large})", f"groupnorm(g={s.gn_small})",
+             "instancenorm"]
+    assert strictly_decreasing([final(d, f"cnn/{k}", "cosine_similarity") for k in order])
+    runs = ["instancenorm"] + [f"groupnorm(g={g})" for g in s.group_sizes if g > 1]
+    cos = [final(d, f"cnn/{k}", "cosine_similarity") for k in runs]
+    assert strictly_decreasing(cos[::-1]), dict(zip(runs, cos))  # rises with the group size
+    assert final(d, "cnn/layernorm", "cosine_similarity") > max(cos)
+
+
+def test_groupnorm_rank():
+    """Claim 3: the final layer's effective and stable rank fall with the group size (strictly,
+    every size); the fitted a sqrt(width / g) + b rises with sqrt(width / g), R^2 >= 0.85."""
+    d = load("groupnorm_rank")
+    s = d.sizes
+    assert "rank falls with the group size" in title("groupnorm_rank")
+    g = np.array(s.rank_group_sizes, float)
+    runs = [f"rank/{int(x)}" if f"rank/{int(x)}/layer_names" in d else None for x in g]
+    assert None not in runs
+    for metric in ("effective_rank", "stable_rank"):
+        y = np.array([final(d, r, metric) for r in runs])
+        assert strictly_decreasing(y), (metric, y)
+        a, r2 = r_squared(y, np.sqrt(s.rank_width / g))
+        assert a > 0 and r2 >= 0.85, (metric, a, r2)
+
+
+def test_cnn_gradients():
+    """Claim 4: the early / late gradient-norm ratio is largest for instancenorm, falls with the
+    group size (every size), is smallest for layernorm; batchnorm's explode (the claim's
+    criterion: ratio > 1 and above layernorm's)."""
+    d = load("cnn_gradients")
+    s = d.sizes
+    assert "largest for instancenorm" in title("cnn_gradients")
+
+    def ratio(k):
+        g = d.run(f"cnn/{k}").grad_norm
+        return float(np.mean(g[:, 0] / g[:, -1]))
+
+    runs = ["instancenorm"] + [f"groupnorm(g={g})" for g in s.group_sizes if g > 1] \
+        + ["layernorm"]
+    r = {k: ratio(k) for k in runs + ["batchnorm"]}
+    assert strictly_decreasing([r[k] for k in runs]), r
+    assert r["instancenorm"] == max(r.values()) and r["layernorm"] == min(r.values())
+    assert r["batchnorm"] > 1.0 and r["batchnorm"] > r["layernorm"]
+
+
+# ---------------------------------------------------------------------------- [U] claims 5-7
+
+
+def test_u_figure1():
+    """Claims 5, 6 on real MNIST, seven normalizers (prelayernorm not asserted: its classifier
+    changes): batchnorm decorrelates similar batches (below layernorm at the last layer, its
+    correlation falling with depth) and gradients (first layer below layernorm and lmbv);
+    layernorm keeps them correlated (not falling with depth; above batchnorm and bmlv); bmlv
+    nearer batchnorm, lmbv nearer layernorm."""
+    d = load("u_figure1")
+    assert "real MNIST" in d.meta["inputs"] and "real MNIST" in title("u_figure1")
+    assert sorted(r.split("/")[1] for r in d.runs()) == sorted(
+        ["none", "batchnorm", "layernorm", "bmlv", "lmbv", "prelayernorm", "regnorm"])
+    sim = {k: d.run(f"mlp/{k}").mean("similar_batch_correlation")
+           for k in ("batchnorm", "layernorm", "bmlv", "lmbv")}
+    assert len(sim["batchnorm"]) == d.sizes.depth  # vs depth
+    c = {k: v[-1] for k, v in sim.items()}
+    assert c["batchnorm"] < c["layernorm"]
+    assert abs(c["bmlv"] - c["batchnorm"]) < abs(c["bmlv"] - c["layernorm"])
+    assert abs(c["lmbv"] - c["layernorm"]) < abs(c["lmbv"] - c["batchnorm"])
+    assert sim["batchnorm"][-1] < sim["batchnorm"][0]
+    assert sim["layernorm"][-1] >= sim["layernorm"][0]
+    g = {k: final(d, f"mlp/{k}", "gradient_correlation", 0)
+         for k in ("batchnorm", "layernorm", "bmlv", "lmbv")}
+    assert g["batchnorm"] < min(g["layernorm"], g["lmbv"])
+    assert g["layernorm"] > max(g["batchnorm"], g["bmlv"])
+
+
+def main_path_rate(run) -> float:
+    """Squared-gradient growth per layer going backward along the main path (not shortcuts)."""
+    idx = run.index(lambda n: not n.endswith("shortcut"), "grad_layer_names")
+    return float(np.exp(-2 * np.polyfit(np.arange(len(idx)),
+                                        np.log(run.mean("grad_norm")[idx]), 1)[0]))
+
+
+def test_u_figure2():
+    """Claim 7: batchnorm's gradients explode with depth without skips (>= 1.2 per layer, and
+    the title's rate pi/(pi-1) within 5%, claim 10's tolerance), not with skips (squared first /
+    last <= 2 (blocks + 1))."""
+    d = load("u_figure2")
+    s = d.sizes
+    assert "(rate pi/(pi-1)), not with skips" in title("u_figure2")
+    rate = main_path_rate(d.run("noskip/batchnorm"))
+    assert rate >= 1.2 and abs(rate / BN_RATE - 1) <= 0.05, rate
+    g = d.run("skip/batchnorm").grad_norm
+    blocks = 3 * (s.depth - 2) // 6
+    assert np.mean((g[:, 0] / g[:, -1]) ** 2) <= 2.0 * (blocks + 1)
+
+
+# ------------------------------------------------------------------------- claims 9, 10
+
+
+def test_closed_forms():
+    """Claims 9, 10: the measured cosine within 0.03 of the iterated arc-cosine map at every
+    layer; batchnorm's squared gradient grows by pi/(pi-1) per layer within 5% (fitted over the
+    interior layers 1 .. depth - 3)."""
+    d = load("closed_forms")
+    assert "arc-cosine map" in title("closed_forms")
+    cos = d.run("arccos").mean("cosine_similarity")
+    assert np.max(np.abs(cos - d["theory/arccos_cosine"])) <= 0.03
+    assert float(d["theory/bn_rate"]) == pytest.approx(BN_RATE)
+    g = np.log(d.run("bn_mlp").mean("grad_norm"))[1:-2]
+    rate = np.exp(-2 * np.polyfit(np.arange(len(g)), g, 1)[0])
+    assert abs(rate / BN_RATE - 1) <= 0.05, rate
+
+
+# ------------------------------------------------------------------- Brock et al.'s SPP
+
+
+def check_nf_resnet(v, res, s) -> None:
+    """Brock et al.'s NF-ResNet (sws, alpha, beta scaling), ``v`` its stream variance at the
+    block outputs and ``res`` its residual-branch variance (means over seeds, all stages): the
+    stream follows 1 + l alpha^2 within a stage (the law its betas assume), the branch ~alpha^2.
+    Zero padding of the 3x3 convs only removes variance: a conv at n x n keeps p(n) =
+    ((3n - 2) / (3n))^2 of it (0.96 at 32 px, 0.84 at 8, 0.69 at 4), so the measured values lie
+    below the law, by less than two convs' loss p(n)^2 at the stage's resolution (full size:
+    6/9/17% below at 32/16/8 px), and at most 5% (sampling) above it."""
+    a2 = s.nf_alpha ** 2
+    v = np.reshape(v, (len(s.widths), s.blocks))
+    res = np.reshape(res, v.shape)
+    law = 1 + a2 * np.arange(1, s.blocks + 1)
+    for i in range(len(s.widths)):
+        n = s.image // 2 ** i
+        p2 = ((3 * n - 2) / (3 * n)) ** 4
+        assert np.all((v[i] >= p2 * law) & (v[i] <= 1.05 * law)), (i, v[i] / law)
+        assert np.all((res[i] >= 0.8 * p2 * a2) & (res[i] <= 1.05 * a2)), (i, res[i] / a2)
+        # the stream adds the branch's variance (uncorrelated at init): over a stage's identity
+        # blocks, the variance gained equals the summed branch variances within 20%
+        gained = (v[i, -1] - v[i, 0]) / res[i, 1:].sum()
+        assert 0.8 <= gained <= 1.2, (i, gained)
+        if i:
+            assert v[i, 0] < v[i - 1, -1]  # the transition block resets the stream to ~1 + a^2
+
+
+def test_brock_spp():
+    """Batchnorm, no normalizer (exponential: channel variance and squared mean >= 1.3 per
+    block), their NF-ResNet (sws, alpha = 0.2, beta scaling: variance ~1 + l alpha^2 within a
+    stage, branch ~alpha^2); batchnorm's branch ~1 - 1/pi (He conv of a ReLU: its channel mean
+    removed)."""
+    d = load("brock_spp")
+    s = d.sizes
+    t = title("brock_spp")
+    assert "NF-ResNet (sws, alpha = 0.2, beta scaling)" in t and s.nf_alpha == 0.2
+    assert "variance ~1 + l alpha^2 within a stage" in t
+    blocks = s.blocks * len(s.widths)
+
+    def out(label, metric):
+        run = d.run(f"spp/{label}")
+        return run.mean(metric)[run.index(lambda n: n.endswith("/out"))]
+
+    for metric in ("activation_variance", "channel_squared_mean"):
+        v = out("none", metric)
+        assert (v[-1] / v[0]) ** (1 / (blocks - 1)) >= 1.3, metric
+    bn = d.run("spp/batchnorm").mean("residual_variance")
+    assert np.all(np.abs(bn / (1 - 1 / np.pi) - 1) <= 0.1), bn
+    check_nf_resnet(out("sws+nf", "activation_variance"),
+                    d.run("spp/sws+nf").mean("residual_variance"), s)
+
+
+# ------------------------------------------------------------------------------ muP check
+
+
+def test_coord_check():
+    """Flat in width at init (|log-log slope| < 0.1 for every layer); not after SGD steps: one
+    step makes the logits grow ~ width (slope > 0.9: RMS 0.44 -> 11.4 from width 64 to 2048)
+    with the hidden layers still flat (< 0.1); at the last step (5) the hidden layers' RMS
+    shrinks with width, the more the deeper (slopes -0.07 ... -0.57; layer03 1.22 -> 0.19), and
+    the logits' growth is gone (|slope| < 0.1)."""
+    d = load("coord_check")
+    assert "flat in width at init, not after SGD steps" in title("coord_check")
+    rms = d["coord/rms_per_seed"].mean(axis=1)  # [widths, steps + 1, layers]
+    x = np.log(d["coord/widths"].astype(float))
+    slopes = np.array([[np.polyfit(x, np.log(rms[:, t, j]), 1)[0] for j in range(rms.shape[2])]
+                       for t in range(rms.shape[1])])  # [steps + 1, layers]
+    assert list(d["coord/layers"])[-1] == "output" and int(d["coord/steps"][-1]) == 5
+    assert np.all(np.abs(slopes[0]) < 0.1), slopes[0]
+    assert slopes[1, -1] > 0.9 and np.all(np.abs(slopes[1, :-1]) < 0.1), slopes[1]
+    assert rms[-1, 1, -1] / rms[0, 1, -1] > 20  # the logits at width 2048 vs 64
+    hidden = slopes[-1, :-1]
+    assert np.all(hidden < -0.05) and strictly_decreasing(hidden), hidden
+    assert abs(slopes[-1, -1]) < 0.1, slopes[-1]
+    layer03 = list(d["coord/layers"]).index("layer03")
+    assert rms[0, -1, layer03] == pytest.approx(1.22, abs=0.01)
+    assert rms[-1, -1, layer03] == pytest.approx(0.19, abs=0.01)
+
+
+# ======================================================================================== #
+# TRAINING FIGURES: bb_figure1, hessian_density, outlier_ratio, training_trajectories.      #
+# Their tests go below this line (owned by whoever maintains sigprop/paper/experiments/    #
+# training.py and sigprop/paper/figures/training_plots.py).                                #
+# ======================================================================================== #
+
+
+def test_bb_figure1():
+    """README: each normalizer at its tuned rate (the protocol: the rate trained on the
+    selection seeds; the reported curves are cross-entropy and fall below 0.9 ln 10), Spearman
+    rho with its one-sided permutation p and n on panel (b); the statement about the claim is
+    what rho, p say (computed here with scipy)."""
+    from scipy import stats as sps
+
+    d = load("bb_figure1")
+    assert d.sizes.seeds >= 5
+    trained = [n for n in d.sizes.norms if np.isfinite(float(d[f"train/{n}/rate"]))]
+    for n in trained:
+        rates = [float(r) for r in d[f"train/{n}/rates"]]
+        status = dict(zip(rates, (str(s) for s in d[f"train/{n}/status"])))
+        assert status[float(d[f"train/{n}/rate"])] == "trains", n
+        assert status[max(rates)] != "trains", n  # the grid brackets the choice above
+        loss = d[f"train/{n}/loss"]
+        assert loss.shape[0] == d.sizes.seeds
+        assert np.all(loss[:, -1] < 0.9 * np.log(10)), n
+    cos = [d.run(f"init/{n}").mean("cosine_similarity")[-1] for n in trained]
+    speed = [np.mean(d[f"train/{n}/loss"]) for n in trained]
+    rho = sps.spearmanr(cos, speed).statistic
+    p = sps.permutation_test((np.array(speed),), lambda y: sps.spearmanr(cos, y).statistic,
+                             permutation_type="pairings", alternative="greater",
+                             n_resamples=20_000, random_state=0).pvalue
+    with open(os.path.join(ROOT, "README.md")) as f:
+        row = next(line for line in f if "**bb_figure1**" in line)
+    assert f"rho = {rho:.2f}" in row and f"n = {len(trained)}" in row, row
+    if p < 0.05:
+        assert "p = 0.01" in row and "passes" in row, (p, row)
+    else:
+        assert "inconclusive" in row, (p, row)

@@ -86,6 +86,8 @@ def test_resnet_variance(made):
         assert d[f"post/{norm}"][-1] ** (1 / (blocks - 1)) >= 1.3, norm
     for norm in ("batchnorm", "layernorm", "instancenorm", "groupnorm", "frn"):
         assert d[f"post/{norm}"][-1] <= 1.5 * blocks, norm  # at most linear
+    s = made[1]["resnet_variance"]["data"].sizes  # groupnorm: neither instancenorm nor layernorm
+    assert all(w % s.group_size == 0 and 1 < s.group_size < w for w in s.post_widths)
     for norm in ("weightnorm", "sws"):
         assert d[f"post/{norm}+skipinit"].max() <= 2.0
     np.testing.assert_array_equal(d["post/theory_2^l"], 2.0 ** np.arange(blocks))
@@ -171,20 +173,26 @@ def test_closed_forms(made):
 
 
 def test_brock_spp(made):
+    # the NF-ResNet's law and tolerances, in one place
+    from test_gallery import check_nf_resnet
+
     d = drawn(made, "brock_spp")
+    s = made[1]["brock_spp"]["data"].sizes
     var = d["activation_variance/none"]
     assert var[-1] / var[0] > 1e3  # unnormalized: exponential
     bn_branch = d["residual_variance/batchnorm"]
     assert np.all((bn_branch > 0.3) & (bn_branch < 3))  # a normalized branch: variance ~1
-    np.testing.assert_array_equal(d["residual_variance/sws+skipinit"], 0.0)  # alpha = 0
-    sws = d["activation_variance/sws+skipinit"]
-    blocks = made[1]["brock_spp"]["data"].sizes.blocks
-    np.testing.assert_allclose(sws[:blocks], sws[0], rtol=1e-4)  # identity blocks in stage 1
+    # the dashed law: 1 + l alpha^2 after block l of every stage
+    np.testing.assert_allclose(d["nf_stream/law"],
+                               np.tile(1 + s.nf_alpha ** 2 * np.arange(1, s.blocks + 1),
+                                       len(s.widths)))
+    check_nf_resnet(d["activation_variance/sws+nf"], d["residual_variance/sws+nf"], s)
 
 
 def test_hessian_density(made):
     d = drawn(made, "hessian_density")
     data = made[1]["hessian_density"]["data"]
+    assert {k.split("/")[0] for k in d} == {"0", str(data.sizes.claim_step)}  # steps 0 and 50
     for key, dens in d.items():
         c, norm = key.split("/")
         grid = data[f"hessian/{norm}/{c}/grid"]
@@ -197,18 +205,13 @@ def test_outlier_ratio(made):
     d = drawn(made, "outlier_ratio")
     for key, v in d.items():
         assert np.all(v >= 1.0), key  # lambda_1 >= lambda_K
-    # after training layernorm keeps its outliers, batchnorm suppresses them ([U] Fig. 6a)
-    assert d["ratio/layernorm"][-1] > 1.5 * d["ratio/batchnorm"][-1]
 
 
 def test_training_trajectories(made):
     d = drawn(made, "training_trajectories")
     for key, v in d.items():
         if key.startswith("train_loss/"):
-            assert v[-1] < 0.8 * v[0], key  # every normalizer trains
-    # batchnorm's representations stay the least similar ([U] section 5)
-    cos = {k.split("/")[1]: v for k, v in d.items() if k.startswith("cosine_similarity/")}
-    assert min(cos, key=lambda k: cos[k][0]) == "batchnorm"
+            assert v[-1] < 0.8 * v[0], key  # every normalizer shown trains at its tuned rate
 
 
 def test_bb_figure1_spearman(made):
@@ -217,34 +220,51 @@ def test_bb_figure1_spearman(made):
     )
 
     d = drawn(made, "bb_figure1")
-    assert len(d["cosine"]) >= 8
+    data = made[1]["bb_figure1"]["data"]
+    assert len(d["cosine"]) >= 3
     rho = spearmanr(d["cosine"], d["mean_loss"]).statistic
     assert d["rho"] == pytest.approx(rho, abs=1e-12)
+    assert 0 < d["p"] <= 1
+    ln10 = np.log(10)
     for key, v in d.items():
         if key.startswith("loss/"):
-            assert np.all(np.isfinite(v)) and v[-1] < v[0], key  # the largest *stable* rate
+            norm = key.split("/")[1]
+            # the tuned rate trained on the selection seeds (final cross-entropy <= 0.9 ln 10)
+            # and is one of the grid's rates that did
+            rates = list(data[f"train/{norm}/rates"])
+            status = data[f"train/{norm}/status"][rates.index(float(data[f"train/{norm}/rate"]))]
+            assert status == "trains", key
+            assert np.all(np.isfinite(v)) and v[-1] < 0.9 * ln10, key
 
 
 def test_coord_check(made):
     d = drawn(made, "coord_check")
     slopes = d["slopes"]  # [steps + 1, layers] log-log slopes of RMS vs width
+    assert list(d["shown_steps"]) == [0, 1, len(slopes) - 1]  # init, step 1 and the last
     assert np.all(np.abs(slopes[0]) < 0.1)  # He init: every layer's scale flat in width
-    assert slopes[-1, -1] > 0.25  # standard parametrization: the logits grow with width
+    # one SGD step: the logits grow ~ width, the hidden layers' scales not yet
+    assert slopes[1, -1] > 0.5 and np.all(np.abs(slopes[1, :-1]) < 0.1), slopes[1]
+    assert slopes[-1, -1] > 0.25  # at the quick sizes (3 steps) the logits still grow last
     assert slopes[-1, -1] > np.max(slopes[-1, :-1]) + 0.2
 
 
 def test_validate_reads_the_same_experiments(made, monkeypatch):
-    # the claims read the figures' data: nothing is measured again, every claim passes
+    # the claims read the figures' data: nothing is measured again (claim 8's WRN setting
+    # runs only at full size)
     monkeypatch.setattr(experiments.Experiment, "run",
                         lambda *a, **k: pytest.fail("validate measured again"))
     results = V.validate(quick=True, progress=False)
-    # claims 8 and 12 are reported whatever they measure (12 is [BB]'s prediction, its rho on
-    # the figure; 8's step-0 part does not hold at these sizes): the others must pass
-    failed = {r.id: r.measured for r in results if not r.passed and r.id not in (8, 12)}
+    # claims 7, 8 and 12 are statistical: at quick sizes they may be inconclusive (never
+    # "pass" without p < 0.05); the others must pass
+    failed = {r.id: r.measured for r in results if not r.passed and r.id not in (7, 8, 12)}
     assert not failed, failed
+    for r in results:
+        if r.id in (7, 8, 12):
+            assert r.verdict in ("pass", "fail", "inconclusive") and r.p_value is not None
+            assert r.verdict != "pass" or r.p_value < 0.05, (r.id, r.p_value)
     c8 = next(r for r in results if r.id == 8).measured
-    assert set(c8["holds"]) == {"step 0", f"step {made[1]['outlier_ratio']['data'].sizes.checkpoints[-1]}"}
-    rho = next(r for r in results if r.id == 12).measured["spearman_rho"]
+    assert set(c8["verdict_per_setting"]) == {"mlp"}
+    rho = next(r for r in results if r.id == 12).statistic
     assert rho == pytest.approx(drawn(made, "bb_figure1")["rho"])
     assert [r.id for r in results] == list(V.CLAIMS)
 

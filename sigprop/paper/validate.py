@@ -22,9 +22,11 @@ from sigprop.analyses import theory
 from sigprop.paper import experiments
 from sigprop.paper.experiments import Data
 from sigprop.paper.experiments import beyond_batchnorm as bb
+from sigprop.util import stats
 from sigprop.util.progress import Progress
 
 CLAIMS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
+VERDICTS = ("pass", "fail", "inconclusive")
 
 
 @dataclasses.dataclass
@@ -36,11 +38,24 @@ class ClaimResult:
     setting: str
     measured: dict
     expected: str
-    passed: bool
+    passed: bool | None = None  # deterministic criteria; statistical ones give ``verdict``
     seconds: float = 0.0
+    verdict: str | None = None  # "pass" | "fail" | "inconclusive"
+    statistic: dict | float | None = None  # a statistical claim's test statistic(s)
+    p_value: float | None = None  # its one-sided permutation p-value (largest part's)
+    ci: dict | tuple | None = None  # 95% bootstrap interval(s) of the statistic(s)
+
+    def __post_init__(self):
+        if self.verdict is None:
+            self.verdict = "pass" if self.passed else "fail"
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict={self.verdict!r}; allowed: {', '.join(VERDICTS)}")
+        self.passed = self.verdict == "pass"
 
     def to_dict(self) -> dict:
-        return dict(id=self.id, title=self.title, setting=self.setting, passed=bool(self.passed),
+        return dict(id=self.id, title=self.title, setting=self.setting, verdict=self.verdict,
+                    passed=bool(self.passed), statistic=_jsonable(self.statistic),
+                    p_value=_jsonable(self.p_value), ci=_jsonable(self.ci),
                     measured=_jsonable(self.measured), expected=self.expected,
                     seconds=round(self.seconds, 2))
 
@@ -194,38 +209,56 @@ def claim6(d: Data) -> ClaimResult:
         "batchnorm below layernorm and lmbv; layernorm above batchnorm and bmlv", bool(ok))
 
 
-def main_path_rate(run) -> float:
+def main_path_rate(run, per_seed: bool = False):
     """Per-layer growth factor (backward) of the squared gradient norm along the main path
-    (gradient taps other than shortcut convs), from a least-squares fit of log grad_norm."""
+    (gradient taps other than shortcut convs), from a least-squares fit of log grad_norm (of
+    the seed mean, or ``per_seed``: one fit per seed, ``[seeds]``)."""
     idx = run.index(lambda n: not n.endswith("shortcut"), "grad_layer_names")
-    g = np.log(run.mean("grad_norm")[idx])
-    slope = np.polyfit(np.arange(len(idx)), g, 1)[0]
-    return float(np.exp(-2 * slope))
+    g = np.log(np.asarray(run.grad_norm, float)[:, idx])
+    g = g if per_seed else np.log(run.mean("grad_norm")[idx])[None]
+    slope = np.polyfit(np.arange(len(idx)), g.T, 1)[0]
+    rate = np.exp(-2 * slope)
+    return rate if per_seed else float(rate[0])
+
+
+CLAIM7_RATE = 1.2  # squared-gradient growth per layer that counts as exponential
 
 
 def claim7(d: Data) -> ClaimResult:
     s = d.sizes
     blocks = 3 * (s.depth - 2) // 6
-    rate, ratio = {}, {}
-    for skip in (False, True):
-        run = d.run(f"{'skip' if skip else 'noskip'}/batchnorm")
-        label = "with skips" if skip else "without skips"
-        rate[label] = main_path_rate(run)
-        ratio[label] = float(np.mean((run.grad_norm[:, 0] / run.grad_norm[:, -1]) ** 2))
     # without skips: exponential, each BN-ReLU layer multiplies the squared gradient by ~pi/(pi-1)
     # (claim 10); with skips the stream's second moment grows only linearly (claim 11) and the
     # stream gradient scales with its inverse std, so the squared first/last ratio stays within
-    # a small multiple of (blocks + 1)
+    # a small multiple of (blocks + 1). The criterion is the one fixed before these runs; each
+    # part is a one-sided sign-flip test over seeds.
     bound = 2.0 * (blocks + 1)
-    ok = rate["without skips"] >= 1.2 and ratio["with skips"] <= bound
+    noskip, skip = d.run("noskip/batchnorm"), d.run("skip/batchnorm")
+    rates = main_path_rate(noskip, per_seed=True)
+    ratio = (np.asarray(skip.grad_norm[:, 0]) / np.asarray(skip.grad_norm[:, -1])) ** 2
+    t_rate = stats.sign_flip_test(rates - CLAIM7_RATE)
+    t_ratio = stats.sign_flip_test(bound - ratio)
+    parts = {"without skips": stats.verdict(t_rate["p_greater"], t_rate["p_less"]),
+             "with skips": stats.verdict(t_ratio["p_greater"], t_ratio["p_less"])}
+    mean = lambda v: float(np.mean(v))  # noqa: E731
     return ClaimResult(
         7, "Batchnorm gradients explode with depth without skips, not with skips",
         f"WRN-{s.depth}-{s.k} + batchnorm ({blocks} blocks), {d.meta['inputs']}, "
-        f"{s.seeds} seeds",
-        {"squared_grad_growth_per_layer": rate, "squared_grad_first/last": ratio},
-        "without skips: squared-gradient growth per layer >= 1.2 (exponential; mean field 1.47); "
-        f"with skips: squared first/last ratio <= 2 x (blocks + 1) = {bound:g} (polynomial)",
-        bool(ok))
+        f"{len(rates)} seeds without skips, {len(ratio)} with",
+        {"squared_grad_growth_per_layer": {"without skips": float(np.mean(rates)),
+                                           "with skips": main_path_rate(skip)},
+         "squared_grad_first/last": {"with skips": float(ratio.mean())},
+         "seeds_over_bound": int(np.sum(ratio > bound)), "parts": parts},
+        "without skips: seed-mean squared-gradient growth per layer > 1.2 (exponential; mean "
+        f"field 1.47); with skips: seed-mean squared first/last ratio < 2 x (blocks + 1) = "
+        f"{bound:g} (polynomial); each one-sided sign-flip test over seeds at p < 0.05 "
+        "(pass: both; fail: either significantly the other way; else inconclusive)",
+        verdict=stats.combine(parts.values()),
+        statistic={"growth_without_skips": float(rates.mean()),
+                   "ratio_with_skips": float(ratio.mean()), "bound": bound},
+        p_value=max(t_rate["p_greater"], t_ratio["p_greater"]),
+        ci={"growth_without_skips": stats.bootstrap_ci((rates,), mean),
+            "ratio_with_skips": stats.bootstrap_ci((ratio,), mean)})
 
 
 def claim9(d: Data) -> ClaimResult:
@@ -318,31 +351,82 @@ def claim11(d: Data) -> ClaimResult:
 
 
 def hessian_ratios(d: Data) -> dict:
-    """lambda_1 / lambda_K (mean over seeds) per normalizer at each checkpoint."""
+    """lambda_1 / lambda_K (mean over seeds) per tuned normalizer at each checkpoint."""
     s = d.sizes
-    return {int(c): {n: float(np.mean(d[f"hessian/{n}/{c}/ratio"])) for n in s.norms}
+    return {int(c): {n: float(np.mean(d[f"hessian/{n}/{c}/ratio"])) for n in s.norms
+                     if f"hessian/{n}/{c}/ratio" in d}
             for c in s.checkpoints}
 
 
-def claim8(d: Data) -> ClaimResult:
+_C8 = ("layernorm", "batchnorm", "prelayernorm")
+
+
+def hessian_test(d: Data) -> dict:
+    """Claim 8 in one setting, at [U]'s step: per seed the log outlier ratio of layernorm,
+    batchnorm and prelayernorm; (A) mean log ratio(layernorm) - mean log ratio(batchnorm) > 0;
+    (B) prelayernorm's mean log ratio nearer batchnorm's than layernorm's,
+    D = |m_pln - m_ln| - |m_pln - m_bn| > 0. Each one-sided, by relabelling the seeds of
+    layernorm and batchnorm (exact); a setting passes when both parts do."""
     s = d.sizes
-    ratios = hessian_ratios(d)
-    ok, verdicts = True, {}
-    for c in (int(s.checkpoints[0]), int(s.checkpoints[-1])):
-        r = ratios[c]
-        ln, bn, pln = (np.log(r[k]) for k in ("layernorm", "batchnorm", "prelayernorm"))
-        here = bool(ln > bn and abs(pln - bn) < abs(pln - ln))
-        verdicts[f"step {c}"] = here
-        ok &= here
+    c = int(s.claim_step)
+    missing = [n for n in _C8 if f"hessian/{n}/{c}/ratio" not in d]
+    if missing:  # no rate trains for one of them: no tuned run to test
+        return {"verdict": "inconclusive", "p": 1.0, "missing": missing}
+    ln, bn, pln = (np.log(np.asarray(d[f"hessian/{n}/{c}/ratio"], float)) for n in _C8)
+    a = stats.two_sample_test(ln, bn)
+    m_pln = float(pln.mean())
+    near = lambda x, y: abs(m_pln - x.mean()) - abs(m_pln - y.mean())  # noqa: E731
+    b = stats.two_sample_test(ln, bn, near)
+    parts = {"A": stats.verdict(a["p_greater"], a["p_less"]),
+             "B": stats.verdict(b["p_greater"], b["p_less"])}
+    diff = lambda x, y: float(x.mean() - y.mean())  # noqa: E731
+    return {"verdict": stats.combine(parts.values()), "parts": parts,
+            "p": max(a["p_greater"], b["p_greater"]),
+            "log_ratio_ln_minus_bn": a["statistic"], "pln_nearer_bn_by": b["statistic"],
+            "ci_ln_minus_bn": stats.bootstrap_ci((ln, bn), diff),
+            "ci_pln_nearer_bn_by": stats.bootstrap_ci(
+                (ln, bn, pln), lambda x, y, z: abs(z.mean() - x.mean()) - abs(z.mean() - y.mean())),
+            "seeds": len(ln)}
+
+
+def _hessian_setting(d: Data) -> str:
+    s = d.sizes
+    arch = (f"WRN-{s.depth}-{s.k} without skips" if s.arch == "wrn" else
+            f"ReLU MLP depth {s.depth} width {s.width}")
+    rates = {n: float(d[f"search/{n}/rate"]) for n in s.norms if f"search/{n}/rate" in d}
+    return (f"{arch} on {d.meta['inputs']}; SGD + momentum at each normalizer's tuned rate "
+            f"{rates}, batch {s.batch}; cross-entropy Hessian at step {s.claim_step}, Lanczos "
+            f"order {s.order}, {s.probes} probes, {s.seeds} seeds; K = 10")
+
+
+def claim8(wrn: Data | None, mlp: Data) -> ClaimResult:
+    """``wrn`` None (``validate --quick``): [U]'s WRN setting is not run, and the verdict is the
+    MLP setting's."""
+    settings = {"wrn": wrn, "mlp": mlp} if wrn is not None else {"mlp": mlp}
+    tests = {k: hessian_test(v) for k, v in settings.items()}
+    ratios = {k: hessian_ratios(v) for k, v in settings.items()}
+    main = "wrn" if wrn is not None else "mlp"
+    setting = (f"[U]'s setting: {_hessian_setting(wrn)}. Second setting: "
+               f"{_hessian_setting(mlp)}" if wrn is not None else
+               f"{_hessian_setting(mlp)} ([U]'s WRN setting runs only at full size: "
+               "hessian_wrn)")
+    statistic = {k: {"log_ratio_ln_minus_bn": t.get("log_ratio_ln_minus_bn"),
+                     "pln_nearer_bn_by": t.get("pln_nearer_bn_by")} for k, t in tests.items()}
+    ci = {k: {"log_ratio_ln_minus_bn": t.get("ci_ln_minus_bn"),
+              "pln_nearer_bn_by": t.get("ci_pln_nearer_bn_by")} for k, t in tests.items()}
     return ClaimResult(
         8, "Hessian: layernorm shows large outliers lambda_1/lambda_K, batchnorm suppresses "
         "them, prelayernorm conditions like batchnorm",
-        f"ReLU MLP depth {s.depth} width {s.width} on {d.meta['inputs']}; SGD + momentum at "
-        f"{s.learning_rate}, batch {s.batch}; Lanczos order {s.order}, {s.probes} probes, "
-        f"{s.seeds} seeds; K = 10",
-        {"outlier_ratio": {f"step {c}": v for c, v in ratios.items()}, "holds": verdicts},
-        "at initialization and at the last step: ratio(layernorm) > ratio(batchnorm), and "
-        "log ratio(prelayernorm) nearer batchnorm's than layernorm's", bool(ok))
+        setting,
+        {"outlier_ratio": {k: {f"step {c}": v for c, v in r.items()} for k, r in ratios.items()},
+         "verdict_per_setting": {k: t["verdict"] for k, t in tests.items()},
+         "p_per_setting": {k: t["p"] for k, t in tests.items()}},
+        "at step 50 (each normalizer at its tuned rate, >= 5 seeds at full size): (A) log "
+        "ratio(layernorm) > log ratio(batchnorm) and (B) log ratio(prelayernorm) nearer "
+        "batchnorm's than layernorm's, each a one-sided permutation test at p < 0.05; the "
+        "verdict is [U]'s setting's (WRN; at quick sizes the MLP's), the MLP's reported beside "
+        "it", verdict=tests[main]["verdict"], statistic=statistic, p_value=tests[main]["p"],
+        ci=ci)
 
 
 def claim12(d: Data) -> ClaimResult:
@@ -353,23 +437,33 @@ def claim12(d: Data) -> ClaimResult:
     return ClaimResult(
         12, "Init-time cosine similarity predicts training speed across normalizers",
         f"ReLU MLP depth {s.depth} width {s.width} on {d.meta['inputs']}; each normalizer at "
-        f"its largest stable rate of {tuple(s.rates)}, {s.steps} steps, {s.seeds} seeds",
-        {"spearman_rho": f["rho"],
+        f"its tuned rate (the protocol of sigprop.train.learning_rate_search: grid "
+        f"{tuple(s.rates)} extended to bracket, chosen on {s.search_seeds} other seeds), "
+        f"{s.steps} steps, {s.seeds} seeds",
+        {"spearman_rho": f["rho"], "n": f["n"], "did_not_train": f["untrained"],
          "final_cosine": dict(zip(f["norms"], map(float, f["cosine"]))),
-         "mean_train_loss": dict(zip(f["norms"], map(float, f["mean_loss"]))),
-         "rates": {n: float(d[f"train/{n}/rate"]) for n in f["norms"]}},
-        "Spearman rho > 0 between the final-layer cosine at init and the mean train loss over "
-        f"the run ({len(f['norms'])} normalizers): more similar samples, slower training",
-        bool(f["rho"] > 0))
+         "mean_train_cross_entropy": dict(zip(f["norms"], map(float, f["mean_loss"]))),
+         "rates": {n: float(d[f"train/{n}/rate"]) for n in s.norms},
+         "largest_stable": {n: float(d[f"train/{n}/largest_stable"]) for n in s.norms}},
+        "Spearman rho > 0 between the final-layer cosine at init and the mean train "
+        "cross-entropy over the run, across the normalizers that train (more similar samples, "
+        "slower training): one-sided permutation p < 0.05 passes, p < 0.05 for rho < 0 fails, "
+        "else inconclusive",
+        verdict=stats.verdict(f["p"], f["p_less"]), statistic=f["rho"], p_value=f["p"],
+        ci=f["ci"])
 
 
-# claim -> (its experiment, its check)
-CLAIM_EXPERIMENTS = {1: ("resnet_variance", claim1), 2: ("cnn_groupnorm", claim2),
-                     3: ("cnn_groupnorm", claim3), 4: ("cnn_groupnorm", claim4),
-                     5: ("similar_batches", claim5), 6: ("similar_batches", claim6),
-                     7: ("wrn", claim7), 9: ("closed_forms", claim9),
-                     10: ("closed_forms", claim10), 11: ("resnet_variance", claim11),
-                     8: ("hessian_training", claim8), 12: ("bb_figure1", claim12)}
+# experiments validate --quick leaves out (the claim gets None): WRN-26-2's Hessian through
+# training is hours on a 2-core CPU, and even a WRN-8-1 version minutes of compiling
+FULL_ONLY = frozenset({"hessian_wrn"})
+
+# claim -> (its experiments, its check: one Data per experiment, in that order)
+CLAIM_EXPERIMENTS = {1: (("resnet_variance",), claim1), 2: (("cnn_groupnorm",), claim2),
+                     3: (("cnn_groupnorm",), claim3), 4: (("cnn_groupnorm",), claim4),
+                     5: (("similar_batches",), claim5), 6: (("similar_batches",), claim6),
+                     7: (("wrn",), claim7), 8: (("hessian_wrn", "hessian_training"), claim8),
+                     9: (("closed_forms",), claim9), 10: (("closed_forms",), claim10),
+                     11: (("resnet_variance",), claim11), 12: (("bb_figure1",), claim12)}
 
 
 def validate(quick: bool = True, claims=CLAIMS, progress: bool = True) -> list[ClaimResult]:
@@ -382,16 +476,23 @@ def validate(quick: bool = True, claims=CLAIMS, progress: bool = True) -> list[C
     unknown = [c for c in claims if c not in CLAIM_EXPERIMENTS]
     if unknown:
         raise ValueError(f"claims={unknown}: unknown; allowed: {', '.join(map(str, CLAIMS))}")
-    needed = list(dict.fromkeys(CLAIM_EXPERIMENTS[c][0] for c in claims))
+    needed = list(dict.fromkeys(n for c in claims for n in CLAIM_EXPERIMENTS[c][0]
+                                if not (quick and n in FULL_ONLY)))
     total = sum(experiments.get(n).points(experiments.get(n).sizes(quick)) for n in needed)
     bar = Progress(total or 1, "analyses") if progress else None
-    results, timings = [], {}
+    results, measured = [], set()
     for c in claims:
-        name, check = CLAIM_EXPERIMENTS[c]
+        names, check = CLAIM_EXPERIMENTS[c]
         t0 = time.perf_counter()
-        data = experiments.measure(name, quick, progress=bar if name not in timings else None)
-        timings.setdefault(name, time.perf_counter() - t0)
-        res = check(data)
+        datas = []
+        for name in names:
+            if quick and name in FULL_ONLY:
+                datas.append(None)
+                continue
+            datas.append(experiments.measure(name, quick,
+                                             progress=None if name in measured else bar))
+            measured.add(name)
+        res = check(*datas)
         res.seconds = time.perf_counter() - t0
         results.append(res)
     if bar is not None:
@@ -420,18 +521,32 @@ def format_table(results: list[ClaimResult]) -> str:
     """A plain-text table: claim, setting, measured, expected, verdict."""
     lines = []
     for r in results:
-        lines.append(f"[{'PASS' if r.passed else 'FAIL'}] claim {r.id}: {r.title}")
+        lines.append(f"[{r.verdict.upper()}] claim {r.id}: {r.title}")
         lines.append(f"    setting:  {r.setting}")
         lines.append(f"    measured: {_brief(r.measured)}")
+        if r.p_value is not None:
+            lines.append(f"    test:     statistic {_brief_value(r.statistic)}; p = "
+                         f"{r.p_value:.3g}; 95% CI {_brief_value(r.ci)}")
         lines.append(f"    expected: {r.expected}")
-    n = sum(r.passed for r in results)
-    lines.append(f"{n}/{len(results)} claims passed")
+    counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
+    lines.append(f"{counts['pass']}/{len(results)} claims passed, {counts['fail']} failed, "
+                 f"{counts['inconclusive']} inconclusive")
     return "\n".join(lines)
+
+
+def _brief_value(v) -> str:
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_brief_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(_brief_value(x) for x in v) + "]"
+    return _fmt(v)
 
 
 def to_json(results: list[ClaimResult], quick: bool) -> dict:
     return {"mode": "quick" if quick else "full", "claims": [r.to_dict() for r in results],
-            "passed": sum(r.passed for r in results), "total": len(results)}
+            "passed": sum(r.passed for r in results),
+            "inconclusive": sum(r.verdict == "inconclusive" for r in results),
+            "total": len(results)}
 
 
 def write_json(results: list[ClaimResult], path: str, quick: bool) -> None:

@@ -93,3 +93,15 @@ def test_bad_samples_are_clear_errors():
         stats.spearman_test([1, 2], [3, 4])
     with pytest.raises(ValueError, match="sign_flip_test"):
         stats.sign_flip_test([1.0])
+
+
+def test_bootstrap_test_agrees_with_its_interval():
+    rng = np.random.default_rng(4)
+    x = rng.normal(0.5, 1.0, size=50)
+    t = stats.bootstrap_test((x,), np.mean)
+    lo, hi = stats.bootstrap_ci((x,), np.mean)
+    assert (t["p_greater"] < 0.025) == (lo > 0)  # the same replicates
+    # the normal-theory one-sided p of the mean, within Monte Carlo and bootstrap error
+    z = x.mean() / (x.std(ddof=1) / np.sqrt(len(x)))
+    assert abs(t["p_greater"] - sps.norm.sf(z)) < 0.02
+    assert t["p_less"] > 0.9

@@ -339,3 +339,62 @@ def test_bb_figure1():
         assert "p = 0.01" in row and "passes" in row, (p, row)
     else:
         assert "inconclusive" in row, (p, row)
+
+
+def _row(name: str) -> str:
+    with open(os.path.join(ROOT, "README.md")) as f:
+        return next(line for line in f if f"**{name}**" in line)
+
+
+def _hessian():
+    d = load("hessian_density")
+    for other in ("outlier_ratio", "training_trajectories"):  # one experiment, three caches
+        o = load(other)
+        assert o.meta["sizes"] == d.meta["sizes"]
+        np.testing.assert_array_equal(o["hessian/batchnorm/50/ratio"],
+                                      d["hessian/batchnorm/50/ratio"])
+    return d
+
+
+def test_hessian_density():
+    """Steps 0 and 50 shown, 5 seeds, each normalizer at a rate that trains; at step 50
+    batchnorm's largest eigenvalue is the smallest of all."""
+    d = _hessian()
+    assert d.sizes.claim_step == 50 and d.sizes.seeds >= 5 and 0 in d.sizes.checkpoints
+    assert "at initialization and 50 steps into training" in title("hessian_density")
+    top = {n: float(d[f"hessian/{n}/50/top"][:, 0].mean()) for n in d.sizes.norms}
+    assert min(top, key=top.get) == "batchnorm", top
+    for n in d.sizes.norms:
+        assert np.all(d[f"train/{n}/train_loss"][:, -1] < 0.5 * d[f"train/{n}/train_loss"][:, 0])
+
+
+def test_outlier_ratio():
+    """The README's numbers at step 50 and the MLP setting's claim-8 verdict (fail)."""
+    from scipy import stats as sps
+
+    from sigprop.paper import validate
+
+    d = _hessian()
+    r = {n: np.asarray(d[f"hessian/{n}/50/ratio"], float) for n in
+         ("layernorm", "batchnorm", "prelayernorm")}
+    row = _row("outlier_ratio")
+    for n, text in (("layernorm", "(4.5)"), ("batchnorm", "(1.8"), ("prelayernorm", "(3.7)")):
+        assert f"{r[n].mean():.1f}" in text and text in row, (n, r[n].mean())
+    ln, bn, pln = (np.log(r[n]) for n in ("layernorm", "batchnorm", "prelayernorm"))
+    p = sps.permutation_test((ln, bn), lambda a, b: a.mean() - b.mean(),
+                             permutation_type="independent", alternative="greater",
+                             n_resamples=np.inf).pvalue
+    assert f"p = {p:.3f}" in row, p
+    assert abs(pln.mean() - ln.mean()) < abs(pln.mean() - bn.mean())  # nearer layernorm
+    t = validate.hessian_test(d)
+    assert t["verdict"] == "fail" and "claim 8 fails in this MLP setting" in row
+
+
+def test_training_trajectories():
+    """batchnorm and bmlv keep the lowest final-layer cosine (about 0.33) at every record."""
+    d = _hessian()
+    cos = {n: d[f"train/{n}/cosine_similarity"][..., -1].mean(axis=0) for n in d.sizes.norms}
+    low = max(cos["batchnorm"].max(), cos["bmlv"].max())
+    assert 0.3 < low < 0.36
+    assert all(cos[n].min() > low for n in cos if n not in ("batchnorm", "bmlv")), cos
+    assert "train cross-entropy" in _row("training_trajectories")

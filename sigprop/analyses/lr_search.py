@@ -97,9 +97,10 @@ class RateSearch:
         chosen = ("no rate trains" if self.rate is None else
                   f"chosen {self.rate:g} (lowest last-20% cross-entropy among the rates that "
                   "train)")
+        bar = TRAIN_FRACTION * math.log(self.classes)
         lines.append(f"{chosen}; largest stable {self.largest_stable}; {self.seeds} selection "
                      f"seeds from key {self.key}; did not train = final cross-entropy > "
-                     f"{TRAIN_FRACTION} ln {self.classes} = {TRAIN_FRACTION * math.log(self.classes):.3g}")
+                     f"{TRAIN_FRACTION} ln {self.classes} = {bar:.3g}")
         return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""``sigprop validate``: re-run the papers' claims; a PASS / FAIL / INCONCLUSIVE table, optionally JSON."""
+"""``sigprop validate``: re-run the papers' claims; a PASS / FAIL / INCONCLUSIVE table, optionally
+JSON."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from sigprop.cli.common import ints
 
 
 def register(sub) -> None:
-    v = sub.add_parser("validate", help="re-run the papers' claims 1-12; PASS / FAIL / INCONCLUSIVE table (exit 0 only if all pass)")
+    v = sub.add_parser("validate", help="re-run the papers' claims 1-12; PASS / FAIL / "
+                                        "INCONCLUSIVE table (exit 0 only if all pass)")
     v.add_argument("--quick", action="store_true",
                    help="small sizes (minutes on a CPU); default: the papers' sizes")
     v.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")

@@ -26,12 +26,14 @@ def _trained(d, norms) -> list[str]:
 def _hessian_caption(d) -> str:
     s = d.sizes
     left = [n for n in s.norms if n not in _trained(d, s.norms)]
-    return (f"ReLU MLP depth {s.depth} width {s.width}, SGD + momentum at each normalizer's "
-            f"tuned rate (" + ", ".join(f"{n} {float(d[f'search/{n}/rate']):g}"
-                                        for n in _trained(d, s.norms)) + "), "
-            f"batch {s.batch}, {s.seeds} seeds ({BAND}); cross-entropy Hessian, Lanczos order "
-            f"{s.order}, {s.probes} probes (claim 8)"
+    return (f"ReLU MLP {s.depth} x {s.width}, SGD + momentum at tuned rates "
+            f"(legend), batch {s.batch}, {s.seeds} seeds ({BAND}); cross-entropy Hessian, "
+            f"Lanczos order {s.order}, {s.probes} probes (claim 8)"
             + (f"; no rate trains: {', '.join(left)}" if left else ""))
+
+
+def _label(d, norm: str) -> str:
+    return f"{norm} (lr {float(d[f'search/{norm}/rate']):g})"
 
 
 def _hessian_density(d, axes) -> dict:
@@ -43,7 +45,8 @@ def _hessian_density(d, axes) -> dict:
             dens = d[f"hessian/{norm}/{c}/density"]
             grid = grid[0] if grid.ndim > 1 else grid
             dens = dens.mean(axis=0) if dens.ndim > 1 else dens
-            ax.semilogy(grid, np.maximum(dens, 1e-12), color=color(norm), label=norm, lw=1.3)
+            ax.semilogy(grid, np.maximum(dens, 1e-12), color=color(norm), label=_label(d, norm),
+                        lw=1.3)
             drawn[f"{c}/{norm}"] = dens
         ax.set_ylim(1e-6, None)
         ax.set(xlabel="eigenvalue", ylabel="SLQ density (mean over seeds)",
@@ -64,7 +67,8 @@ def _outlier_ratio(d, axes) -> dict:
     steps = np.array(s.checkpoints)
     for norm in _trained(d, s.norms):
         ratio = np.stack([d[f"hessian/{norm}/{c}/ratio"] for c in s.checkpoints], axis=1)
-        drawn[f"ratio/{norm}"] = band(axes[0], ratio, norm, x=steps, color=color(norm), log=True)
+        drawn[f"ratio/{norm}"] = band(axes[0], ratio, _label(d, norm), x=steps, color=color(norm),
+                                      log=True)
         top = np.stack([d[f"hessian/{norm}/{c}/top"][:, 0] for c in s.checkpoints], axis=1)
         drawn[f"lambda_max/{norm}"] = band(axes[1], top, norm, x=steps, color=color(norm),
                                            log=True)
@@ -94,7 +98,7 @@ def _trajectories(d, axes) -> dict:
         for norm in _trained(d, s.norms):
             v = d[f"train/{norm}/{metric}"]
             v = v[..., layer] if layer is not None else v
-            drawn[f"{metric}/{norm}"] = band(ax, v, norm, x=d[f"train/{norm}/step"],
+            drawn[f"{metric}/{norm}"] = band(ax, v, _label(d, norm), x=d[f"train/{norm}/step"],
                                              color=color(norm),
                                              log=metric in ("grad_norm", "train_loss"))
         ax.set(xlabel="training step", title=title)

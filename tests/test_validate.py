@@ -230,3 +230,11 @@ def test_mnist_as_cifar_sized_images():
     assert not y[:, :2].any() and not y[:, :, 30:].any()
     p = images_32(x, 16)
     np.testing.assert_allclose(p[0, 5, 7, 0], y[0, 10:12, 14:16, 0].mean(), rtol=1e-6)
+
+
+def test_claim8_negative_lambda_k_is_inconclusive_not_nan():
+    d = _hessian_data("mlp", [1.0, 1.1, 0.9], [0.2, 0.3, 0.1], [0.5, 0.4, 0.6])
+    d.arrays["hessian/prelayernorm/50/ratio"] = np.array([2.0, -3.0, 1.5])  # lambda_10 < 0
+    r = V.claim8(None, d)
+    assert r.verdict == "inconclusive" and r.p_value == 1.0
+    assert "not positive" in V.hessian_test(d)["reason"]

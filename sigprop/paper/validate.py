@@ -376,7 +376,11 @@ def hessian_test(d: Data) -> dict:
     missing = [n for n in _C8 if f"hessian/{n}/{c}/ratio" not in d]
     if missing:  # no rate trains for one of them: no tuned run to test
         return {"verdict": "inconclusive", "p": 1.0, "missing": missing}
-    ln, bn, pln = (np.log(np.asarray(d[f"hessian/{n}/{c}/ratio"], float)) for n in _C8)
+    ratios = [np.asarray(d[f"hessian/{n}/{c}/ratio"], float) for n in _C8]
+    if not all(np.all(r > 0) for r in ratios):  # lambda_K <= 0: no log ratio to compare
+        return {"verdict": "inconclusive", "p": 1.0,
+                "reason": "lambda_1 / lambda_K <= 0 for some seed (lambda_K not positive)"}
+    ln, bn, pln = (np.log(r) for r in ratios)
     a = stats.two_sample_test(ln, bn)
     def near(x, y, z):
         return abs(z.mean() - x.mean()) - abs(z.mean() - y.mean())
@@ -425,7 +429,8 @@ def claim8(wrn: Data | None, mlp: Data) -> ClaimResult:
         {"outlier_ratio": {k: {f"step {c}": v for c, v in r.items()} for k, r in ratios.items()},
          "verdict_per_setting": {k: t["verdict"] for k, t in tests.items()},
          "p_per_setting": {k: t["p"] for k, t in tests.items()}},
-        "at step 50 (each normalizer at its tuned rate, >= 5 seeds at full size): (A) log "
+        f"at step {mlp.sizes.claim_step} ([U]'s 50 at full size; each normalizer at its tuned "
+        "rate, >= 5 seeds at full size): (A) log "
         "ratio(layernorm) > log ratio(batchnorm) (one-sided permutation test) and (B) log "
         "ratio(prelayernorm) nearer batchnorm's than layernorm's (one-sided bootstrap test), "
         "each at p < 0.05; the "

@@ -255,7 +255,8 @@ register(Figure(
     "[U] Figure 2: WideResNet: batchnorm's gradients explode with depth without skips "
     "(rate pi/(pi-1)), not with skips", (2, 2), _u_figure2,
     lambda d: f"WRN-{d.sizes.depth}-{d.sizes.k}, batch {d.sizes.batch}, {d.sizes.seeds} seeds "
-              "(claim 7)", size=(11.0, 8.0)))
+              f"({d.sizes.claim7_seeds} for batchnorm; mean over seeds, band min-max) (claim 7)",
+    size=(11.0, 8.0)))
 
 
 # ---------------------------------------------------------------------------- closed forms

@@ -48,6 +48,7 @@ QUICK = os.environ.get("SIGPROP_QUICK") == "1" and not FULL
 # SIGPROP_QUICK=1 only: tiny networks, the same experiments
 TINY = {
     "resnet_variance": dict(seeds=2, blocks=3, post_widths=(8,), post_image=8, post_batch=8,
+                            group_size=4,
                             pre_widths=(8,), pre_image=8, pre_batch=8, pre_seeds=4),
     "cnn_groupnorm": dict(seeds=2, cfg="uniform", depth=4, width=16, image=8, batch=16,
                           group_sizes=(1, 2, 4, 8, 16), gn_large=8, gn_small=2, rank_depth=4,

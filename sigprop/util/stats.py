@@ -92,12 +92,10 @@ def sign_flip_test(d, *, resamples: int = RESAMPLES, seed: int = 0) -> dict:
     return {"mean": m, "p_greater": _p(null, m), "p_less": _p(-null, -m), "n": n}
 
 
-def two_sample_test(x, y, statistic=None, *, resamples: int = RESAMPLES, seed: int = 0) -> dict:
-    """Permutation test of ``statistic(x, y)`` (default ``mean(x) - mean(y)``) > 0
-    (``p_greater``) and < 0 (``p_less``), relabelling the pooled samples (all splits when
-    there are ``<= EXACT_LIMIT``). ``statistic`` must change sign when ``x`` and ``y`` swap."""
+def two_sample_test(x, y, *, resamples: int = RESAMPLES, seed: int = 0) -> dict:
+    """Permutation test of ``mean(x) - mean(y)`` > 0 (``p_greater``) and < 0 (``p_less``),
+    relabelling the pooled samples (all splits when there are ``<= EXACT_LIMIT``)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
-    stat = statistic or (lambda a, b: float(a.mean() - b.mean()))
     pooled, nx = np.concatenate([x, y]), len(x)
     n = len(pooled)
     if math.comb(n, nx) <= EXACT_LIMIT:
@@ -105,14 +103,21 @@ def two_sample_test(x, y, statistic=None, *, resamples: int = RESAMPLES, seed: i
     else:
         rng = np.random.default_rng(seed)
         splits = [np.arange(nx)] + [rng.permutation(n)[:nx] for _ in range(resamples)]
-    null = []
-    for idx in splits:
-        mask = np.zeros(n, bool)
-        mask[idx] = True
-        null.append(stat(pooled[mask], pooled[~mask]))
-    null = np.asarray(null)
-    s = float(stat(x, y))
+    mask = np.zeros((len(splits), n), bool)
+    for row, idx in zip(mask, splits):
+        row[idx] = True
+    null = (mask @ pooled) / nx - (~mask @ pooled) / (n - nx)
+    s = float(x.mean() - y.mean())
     return {"statistic": s, "p_greater": _p(null, s), "p_less": _p(-null, -s)}
+
+
+def _replicates(samples, statistic, resamples: int, seed: int) -> np.ndarray:
+    """The finite values of ``statistic(*resampled)``: each array of ``samples`` resampled
+    with replacement along its first axis, independently, from ``seed``."""
+    rng = np.random.default_rng(seed)
+    vals = np.array([statistic(*[s[rng.integers(0, len(s), len(s))] for s in samples])
+                     for _ in range(resamples)], float)
+    return vals[np.isfinite(vals)]
 
 
 def bootstrap_ci(samples, statistic, *, level: float = 0.95, resamples: int = 2000,
@@ -120,15 +125,8 @@ def bootstrap_ci(samples, statistic, *, level: float = 0.95, resamples: int = 20
     """Percentile bootstrap interval of ``statistic(*resampled)``: each array of ``samples``
     (a tuple) resampled with replacement along its first axis, independently; arrays that must
     stay paired go in as one 2-d array (rows resampled together)."""
-    rng = np.random.default_rng(seed)
-    samples = [np.asarray(s, float) for s in samples]
-    vals = []
-    for _ in range(resamples):
-        drawn = [s[rng.integers(0, len(s), len(s))] for s in samples]
-        v = statistic(*drawn)
-        if np.isfinite(v):
-            vals.append(v)
-    if not vals:
+    vals = _replicates([np.asarray(s, float) for s in samples], statistic, resamples, seed)
+    if not len(vals):
         return (float("nan"), float("nan"))
     lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2])
     return (float(lo), float(hi))
@@ -137,13 +135,10 @@ def bootstrap_ci(samples, statistic, *, level: float = 0.95, resamples: int = 20
 def bootstrap_test(samples, statistic, *, resamples: int = 2000, seed: int = 0) -> dict:
     """A bootstrap test of ``statistic > 0`` for hypotheses with no exchangeability null
     (e.g. "c's mean is nearer a's than b's"): ``p_greater`` = (1 + replicates <= 0) /
-    (1 + replicates), ``p_less`` likewise for >= 0, resampling as :func:`bootstrap_ci` (the
-    same seed: the interval and the test agree)."""
-    rng = np.random.default_rng(seed)
+    (1 + replicates), ``p_less`` likewise for >= 0, the replicates of :func:`bootstrap_ci`
+    (the same seed: the interval and the test agree)."""
     samples = [np.asarray(s, float) for s in samples]
-    vals = np.array([statistic(*[s[rng.integers(0, len(s), len(s))] for s in samples])
-                     for _ in range(resamples)])
-    vals = vals[np.isfinite(vals)]
+    vals = _replicates(samples, statistic, resamples, seed)
     n = len(vals)
     return {"statistic": float(statistic(*samples)),
             "p_greater": (1 + int(np.sum(vals <= 0))) / (1 + n),

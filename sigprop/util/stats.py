@@ -164,5 +164,5 @@ def combine(verdicts) -> str:
     return "pass" if all(v == "pass" for v in verdicts) else "inconclusive"
 
 
-__all__ = ["ALPHA", "EXACT_LIMIT", "bootstrap_ci", "bootstrap_test", "combine", "ranks", "sign_flip_test",
-           "spearman", "spearman_test", "two_sample_test", "verdict"]
+__all__ = ["ALPHA", "EXACT_LIMIT", "bootstrap_ci", "bootstrap_test", "combine", "ranks",
+           "sign_flip_test", "spearman", "spearman_test", "two_sample_test", "verdict"]

@@ -1,11 +1,42 @@
 """The normalizer zoo: every normalizer of science.md as a small ``flax.linen`` module.
 
+This module owns the normalizers' statistics and affine parts, the reduction axes of each
+``layout``, and the registry (:func:`names`, :func:`spec`, :func:`make`).
+
 Conventions (science.md): inputs are ``[N, ..., C]`` (NHWC images or ``[N, C]`` features).
 "Batch statistics" of a channel are over ``(N, H, W)``; "layer statistics" of a sample are over
-``(H, W, C)``; "instance statistics" are over ``(H, W)``. Every module uses the batch in hand
-(train mode, never running averages), eps = 1e-5, variances are biased (divide by the count), and
-the affine part starts at gamma = 1, beta = 0. Each module is a *statistic* (the standardizer)
-followed by an optional per-channel affine (``affine=False`` measures the pure standardizer).
+``(H, W, C)``; "instance statistics" are over ``(H, W)``. That is ``layout="image"`` (the
+default, [BB]'s conventions). ``layout="tokens"`` reads ``[B, T, D]`` token tensors as a
+transformer does (flax's conventions): layer statistics (and groups) are per token, over ``D``
+only; batch and instance statistics are as for images. The reduced axes:
+
+============  =======================================  ================================
+name          ``[B, H, W, C]`` image                   ``[B, T, D]`` tokens
+============  =======================================  ================================
+none          (identity)                               (identity)
+batchnorm     B, H, W                                  B, T
+layernorm     H, W, C                                  D
+instancenorm  H, W                                     T
+groupnorm     H, W, channels of a group                channels of a group
+frn           H, W (mean of x^2)                       T (mean of x^2)
+variancenorm  B, H, W                                  B, T
+meancenter    B, H, W                                  B, T
+weightnorm    (identity; acts on weights)              (identity; acts on weights)
+sws           (identity; acts on weights)              (identity; acts on weights)
+evonorm_s0    H, W, channels of a group                channels of a group
+evonorm_b0    batch B, H, W; instance H, W             batch B, T; instance T
+bmlv          mean B, H, W; var H, W, C                mean B, T; var D
+lmbv          mean H, W, C; var B, H, W                mean D; var B, T
+prelayernorm  var H, W, C                              var D
+regnorm       H, W, C; loss mean_HWC(mean_B(x_hat)^2)  D; loss mean_TD(mean_B(x_hat)^2)
+preregnorm    as regnorm                               as regnorm
+rmsnorm       H, W, C (mean of x^2)                    D (mean of x^2)
+============  =======================================  ================================
+
+Every module uses the batch in hand (train mode, never running averages), eps = 1e-5, variances
+are biased (divide by the count), and the affine part starts at gamma = 1, beta = 0. Each module
+is a *statistic* (the standardizer) followed by an optional per-channel affine (``affine=False``
+measures the pure standardizer).
 
 Use :func:`make` to build one by name and :func:`names` for the registered names. Three families
 are not a module acting on activations alone, and the model builders (``sigprop.models``) handle
@@ -29,6 +60,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 EPS = 1e-5
+LAYOUTS = ("image", "tokens")
 
 # --------------------------------------------------------------------------------------------
 # Axes and statistics
@@ -38,8 +70,8 @@ def _batch_axes(x):  # (N, H, W): every axis but the channel
     return tuple(range(x.ndim - 1))
 
 
-def _layer_axes(x):  # (H, W, C): every axis but the batch
-    return tuple(range(1, x.ndim))
+def _layer_axes(x, layout):  # image (H, W, C): every axis but the batch; tokens (D,)
+    return (x.ndim - 1,) if layout == "tokens" else tuple(range(1, x.ndim))
 
 
 def _instance_axes(x):  # (H, W): the spatial axes (none for [N, C] inputs)
@@ -60,7 +92,9 @@ def _grouped(x, num_groups):
     return x.reshape(*x.shape[:-1], num_groups, x.shape[-1] // num_groups)
 
 
-def _group_axes(xg):  # spatial axes and the within-group channel axis of a grouped array
+def _group_axes(xg, layout):  # (spatial axes and) the within-group axis of a grouped array
+    if layout == "tokens":
+        return (xg.ndim - 1,)
     return tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)
 
 
@@ -75,7 +109,15 @@ def _affine(module, y):
     return y + channel(module.param("bias", nn.initializers.zeros, (c,), jnp.float32), y.ndim)
 
 
-def _check_rank(x, name):
+def _check_layout(layout, name):
+    if layout not in LAYOUTS:
+        raise ValueError(
+            f"{name}: layout={layout!r} is not allowed; allowed: {', '.join(map(repr, LAYOUTS))}"
+        )
+
+
+def _check_input(x, name, layout):
+    _check_layout(layout, name)
     if x.ndim < 2:
         raise ValueError(f"{name} expects inputs of shape [N, ..., C]; got shape {x.shape}")
 
@@ -110,17 +152,22 @@ def resolve_groups(channels: int, group_size: int | None, num_groups: int | None
 
 
 class Normalizer(nn.Module):
-    """Base: subclasses implement ``standardize``; ``__call__`` adds the per-channel affine."""
+    """Base: subclasses implement ``standardize``; ``__call__`` adds the per-channel affine.
+
+    ``layout`` (``"image"`` or ``"tokens"``) picks the reduction axes (the module docstring's
+    table); any other value raises ValueError when the module is called.
+    """
 
     affine: bool = True
     eps: float = EPS
+    layout: str = "image"
 
     def standardize(self, x):
         raise NotImplementedError
 
     @nn.compact
     def __call__(self, x):
-        _check_rank(x, type(self).__name__)
+        _check_input(x, type(self).__name__, self.layout)
         y = self.standardize(x)
         return _affine(self, y) if self.affine else y
 
@@ -130,10 +177,13 @@ class Normalizer(nn.Module):
 
 
 class Identity(nn.Module):
-    """No normalization ("Plain" in [BB]): ``y = x``."""
+    """No normalization ("Plain" in [BB]): ``y = x``. ``layout`` is checked, then ignored."""
+
+    layout: str = "image"
 
     @nn.compact
     def __call__(self, x):
+        _check_layout(self.layout, "identity")
         return x
 
 
@@ -149,13 +199,14 @@ class BatchNorm(Normalizer):
 
 
 class LayerNorm(Normalizer):
-    """LayerNorm: ``y = (x - mean_HWC(x)) / sqrt(var_HWC(x) + eps)``, per sample.
+    """LayerNorm: ``y = (x - mean_HWC(x)) / sqrt(var_HWC(x) + eps)``, per sample (tokens: per
+    token, over ``D``).
 
     Ba, Kiros & Hinton 2016, arXiv 1607.06450.
     """
 
     def standardize(self, x):
-        a = _layer_axes(x)
+        a = _layer_axes(x, self.layout)
         return (x - _mean(x, a)) / jnp.sqrt(_var(x, a) + self.eps)
 
 
@@ -175,6 +226,8 @@ class GroupNorm(Normalizer):
     """GroupNorm: per sample and group of ``g`` channels,
     ``y = (x - mean_{HW,g}(x)) / sqrt(var_{HW,g}(x) + eps)``.
 
+    Tokens: per token and group (over the group's channels only, not ``T``).
+
     Args:
       group_size: channels per group ``g`` (``g = 1`` is InstanceNorm, ``g = C`` is LayerNorm).
       num_groups: number of groups ``C / g``. Pass at most one of the two; with neither, 32 groups
@@ -188,7 +241,7 @@ class GroupNorm(Normalizer):
     def standardize(self, x):
         g = resolve_groups(x.shape[-1], self.group_size, self.num_groups, "groupnorm")
         xg = _grouped(x, g)
-        a = _group_axes(xg)
+        a = _group_axes(xg, self.layout)
         yg = (xg - _mean(xg, a)) / jnp.sqrt(_var(xg, a) + self.eps)
         return yg.reshape(x.shape)
 
@@ -203,10 +256,11 @@ class FRN(nn.Module):
 
     affine: bool = True
     eps: float = EPS
+    layout: str = "image"
 
     @nn.compact
     def __call__(self, x):
-        _check_rank(x, "frn")
+        _check_input(x, "frn", self.layout)
         eps = self.param("eps", nn.initializers.constant(self.eps), (), jnp.float32)
         nu2 = jnp.mean(jnp.square(x), axis=_instance_axes(x), keepdims=True)
         y = x / jnp.sqrt(nu2 + jnp.abs(eps))
@@ -233,40 +287,48 @@ class MeanCenter(Normalizer):
 class BMLV(Normalizer):
     """Batch mean, layer variance ([U]): ``y = (x - mean_NHW(x)) / sqrt(var_HWC(x) + eps)``.
 
-    The variance is that of ``x`` over each sample's ``(H, W, C)``. Rao & Sohl-Dickstein,
-    arXiv 2010.10687.
+    The variance is that of ``x`` over each sample's ``(H, W, C)`` (tokens: each token's ``D``,
+    the mean over ``(B, T)``). Rao & Sohl-Dickstein, arXiv 2010.10687.
     """
 
     def standardize(self, x):
-        return (x - _mean(x, _batch_axes(x))) / jnp.sqrt(_var(x, _layer_axes(x)) + self.eps)
+        var = _var(x, _layer_axes(x, self.layout))
+        return (x - _mean(x, _batch_axes(x))) / jnp.sqrt(var + self.eps)
 
 
 class LMBV(Normalizer):
     """Layer mean, batch variance ([U]): ``y = (x - mean_HWC(x)) / sqrt(var_NHW(x) + eps)``.
 
-    The variance is that of ``x`` over each channel's ``(N, H, W)``. arXiv 2010.10687.
+    The variance is that of ``x`` over each channel's ``(N, H, W)`` (tokens: ``(B, T)``, the mean
+    over each token's ``D``). arXiv 2010.10687.
     """
 
     def standardize(self, x):
-        return (x - _mean(x, _layer_axes(x))) / jnp.sqrt(_var(x, _batch_axes(x)) + self.eps)
+        mean = _mean(x, _layer_axes(x, self.layout))
+        return (x - mean) / jnp.sqrt(_var(x, _batch_axes(x)) + self.eps)
 
 
 class RMSNorm(Normalizer):
-    """RMSNorm: ``y = x / sqrt(mean_HWC(x^2) + eps)``. Zhang & Sennrich 2019, arXiv 1910.07467."""
+    """RMSNorm: ``y = x / sqrt(mean_HWC(x^2) + eps)`` (tokens: ``mean_D``).
+
+    Zhang & Sennrich 2019, arXiv 1910.07467.
+    """
 
     def standardize(self, x):
-        return x / jnp.sqrt(jnp.mean(jnp.square(x), axis=_layer_axes(x), keepdims=True) + self.eps)
+        ms = jnp.mean(jnp.square(x), axis=_layer_axes(x, self.layout), keepdims=True)
+        return x / jnp.sqrt(ms + self.eps)
 
 
 class LayerScale(Normalizer):
-    """The post-affine half of PreLayerNorm ([U] section 3.1): ``y = x / sqrt(var_HWC(x) + eps)``.
+    """The post-affine half of PreLayerNorm ([U] section 3.1): ``y = x / sqrt(var_HWC(x) + eps)``
+    (tokens: ``var_D``).
 
     The other half, subtracting the layer mean of the layer's *input* before the conv/dense, is
     done by the model builders (``spec('prelayernorm').center_input``).
     """
 
     def standardize(self, x):
-        return x / jnp.sqrt(_var(x, _layer_axes(x)) + self.eps)
+        return x / jnp.sqrt(_var(x, _layer_axes(x, self.layout)) + self.eps)
 
 
 class RegNorm(Normalizer):
@@ -276,13 +338,14 @@ class RegNorm(Normalizer):
     term ``reg_strength * mean_{HWC}(mean_N(x_hat)^2)`` is sown into the ``'losses'`` collection;
     :func:`sigprop.analyze` adds the sum over layers to the loss. The term is minimized only when
     the batch means are 0 (our reading of [U]'s lost equation 3). ``reg_strength`` is [U]'s
-    lambda, a hyperparameter (default 1.0).
+    lambda, a hyperparameter (default 1.0). Tokens: ``x_hat`` is per token (over ``D``); the term
+    keeps its form, ``mean_{TD}(mean_B(x_hat)^2)``.
     """
 
     reg_strength: float = 1.0
 
     def standardize(self, x):
-        a = _layer_axes(x)
+        a = _layer_axes(x, self.layout)
         x_hat = (x - _mean(x, a)) / jnp.sqrt(_var(x, a) + self.eps)
         reg = jnp.mean(jnp.square(jnp.mean(x_hat, axis=0)))
         self.sow("losses", "regnorm", self.reg_strength * reg, init_fn=lambda: 0.0,
@@ -295,22 +358,24 @@ class EvoNormS0(nn.Module):
     ``y = x * sigmoid(v x) / sqrt(var_{HW,g}(x) + eps) * gamma + beta``, ``v = 1`` at init.
 
     The group std is over each sample's spatial axes and group of channels (32 groups by
-    default, as in [BB]; ``group_size=`` or ``num_groups=`` to change). Liu et al. 2020,
-    arXiv 2004.02967.
+    default, as in [BB]; ``group_size=`` or ``num_groups=`` to change); tokens: each token's
+    group of channels. Liu et al. 2020, arXiv 2004.02967.
     """
 
     group_size: int | None = None
     num_groups: int | None = None
     eps: float = EPS
+    layout: str = "image"
 
     @nn.compact
     def __call__(self, x):
-        _check_rank(x, "evonorm_s0")
+        _check_input(x, "evonorm_s0", self.layout)
         c = x.shape[-1]
         g = resolve_groups(c, self.group_size, self.num_groups, "evonorm_s0")
         v = channel(self.param("v", nn.initializers.ones, (c,), jnp.float32), x.ndim)
         xg = _grouped(x, g)
-        std = jnp.broadcast_to(jnp.sqrt(_var(xg, _group_axes(xg)) + self.eps), xg.shape)
+        var = _var(xg, _group_axes(xg, self.layout))
+        std = jnp.broadcast_to(jnp.sqrt(var + self.eps), xg.shape)
         return _affine(self, x * nn.sigmoid(v * x) / std.reshape(x.shape))
 
 
@@ -322,10 +387,11 @@ class EvoNormB0(nn.Module):
     """
 
     eps: float = EPS
+    layout: str = "image"
 
     @nn.compact
     def __call__(self, x):
-        _check_rank(x, "evonorm_b0")
+        _check_input(x, "evonorm_b0", self.layout)
         c = x.shape[-1]
         v = channel(self.param("v", nn.initializers.ones, (c,), jnp.float32), x.ndim)
         batch_std = jnp.sqrt(_var(x, _batch_axes(x)) + self.eps)
@@ -372,33 +438,33 @@ class NormSpec:
             resolve_groups(width, opts.get("group_size"), opts.get("num_groups"), self.name)
 
 
-_EPS_OPT = ("eps",)
+_EPS_OPT = ("eps", "layout")
 _REGISTRY: dict[str, dict[str, Any]] = {
-    "none": dict(factory=Identity, allowed=()),
+    "none": dict(factory=Identity, allowed=("layout",)),
     "batchnorm": dict(factory=BatchNorm, batch_dependent=True),
     "layernorm": dict(factory=LayerNorm),
     "instancenorm": dict(factory=InstanceNorm),
     "groupnorm": dict(factory=GroupNorm, grouped=True,
-                      allowed=("affine", "eps", "group_size", "num_groups")),
+                      allowed=("affine", "eps", "group_size", "layout", "num_groups")),
     "frn": dict(factory=FRN, activation="tlu"),
     "variancenorm": dict(factory=VarianceNorm, batch_dependent=True),
     "meancenter": dict(factory=MeanCenter, batch_dependent=True),
-    "weightnorm": dict(factory=Identity, allowed=(), weight="weightnorm",
+    "weightnorm": dict(factory=Identity, allowed=("layout",), weight="weightnorm",
                        activation="scaled_relu", bias=True),
-    "sws": dict(factory=Identity, allowed=(), weight="sws", bias=True),
+    "sws": dict(factory=Identity, allowed=("layout",), weight="sws", bias=True),
     "evonorm_s0": dict(factory=EvoNormS0, activation="identity", grouped=True,
-                       allowed=("eps", "group_size", "num_groups")),
+                       allowed=("eps", "group_size", "layout", "num_groups")),
     "evonorm_b0": dict(factory=EvoNormB0, activation="identity", batch_dependent=True,
                        allowed=_EPS_OPT),
     "bmlv": dict(factory=BMLV, batch_dependent=True),
     "lmbv": dict(factory=LMBV, batch_dependent=True),
     "prelayernorm": dict(factory=LayerScale, center_input=True),
-    "regnorm": dict(factory=RegNorm, allowed=("affine", "eps", "reg_strength")),
+    "regnorm": dict(factory=RegNorm, allowed=("affine", "eps", "layout", "reg_strength")),
     "preregnorm": dict(factory=RegNorm, center_input=True,
-                       allowed=("affine", "eps", "reg_strength")),
+                       allowed=("affine", "eps", "layout", "reg_strength")),
     "rmsnorm": dict(factory=RMSNorm),
 }
-_DEFAULT_ALLOWED = ("affine", "eps")
+_DEFAULT_ALLOWED = ("affine", "eps", "layout")
 
 
 def names() -> list[str]:
@@ -442,6 +508,8 @@ def spec(norm: str | Callable[..., nn.Module], **options) -> NormSpec:
             v = options.get(k)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise ValueError(f"{name}: {k}={v!r} must be a positive integer")
+    if options.get("layout") is not None:
+        _check_layout(options["layout"], name)
     options = {k: v for k, v in options.items() if v is not None}
     return NormSpec(name=name, options=tuple(sorted(options.items())), **entry)
 
@@ -454,9 +522,11 @@ def make(name: str, **options) -> nn.Module:
     identity: they act on the weights, and ``sigprop.models`` applies them there. For
     ``prelayernorm`` / ``preregnorm`` it is the part applied after the conv/dense; the models also
     center the layer's input. ``groupnorm`` and ``evonorm_s0`` take one of ``group_size=`` or
-    ``num_groups=``; every normalizer takes ``eps=`` (and the affine ones ``affine=``).
+    ``num_groups=``; every normalizer takes ``eps=`` (and the affine ones ``affine=``) and
+    ``layout=`` (``"image"`` or ``"tokens"``, the module docstring's table).
 
     Raises:
-      ValueError: unknown ``name`` (listing the known names, suggesting the closest) or options.
+      ValueError: unknown ``name`` (listing the known names, suggesting the closest), options or
+        ``layout``.
     """
     return spec(name, **options).module()

@@ -25,7 +25,9 @@ def _np_variance(a):
 def test_every_entry_has_docs_axis_and_needs():
     for name, m in metrics.REGISTRY.items():
         assert m.name == name and m.doc and m.needs in metrics.NEEDS
-        assert m.axis in (metrics.LAYER, metrics.GRAD_LAYER, metrics.BRANCH_LAYER)
+        assert m.axis in (metrics.LAYER, metrics.GRAD_LAYER, metrics.BRANCH_LAYER,
+                          metrics.ATTENTION_LAYER, metrics.PARAM_LAYER)
+        assert m.axis in metrics.FLAGS  # every axis has its finite flag
 
 
 def test_subset_records_only_what_it_needs():

@@ -1,7 +1,8 @@
-"""The adapters that own a user's model: :class:`LinenNet` (a zoo model, or any ``flax.linen``
-module, observed through its own taps or through selectors with ``nn.intercept_methods``) and
-:class:`NnxNet` (a ``flax.nnx`` module, observed on a merged copy, :mod:`sigprop.taps.nnx_taps`),
-built by :func:`linen_network` / :func:`nnx_network`.
+"""The adapter that owns a user's linen model: :class:`LinenNet` (a zoo model, or any
+``flax.linen`` module, observed through its own taps or through selectors with
+``nn.intercept_methods``), built by :func:`linen_network`, and what the nnx adapter
+(:mod:`sigprop.core.nnx_adapter`: :class:`NnxNet`, a ``flax.nnx`` module observed on a merged
+copy) shares with it: the records of a pass, the attention check, hashing by value.
 
 Everything that differs between linen and nnx lives here, behind the same methods: ``init``
 (with the tap collections) and ``init_weights`` (without), ``measure`` / ``pair`` (the engine's
@@ -13,33 +14,31 @@ taps do is explicit in each ``apply`` (the mutable collections and the probe col
 see :mod:`sigprop.probe`).
 
 An adapter is a static argument of the jitted programs: it hashes and compares by value when
-its fields hash (:class:`_ByValueOrIdentity`).
+its fields hash (:class:`ByValueOrIdentity`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from sigprop import metrics
 from sigprop.core import selectors
-from sigprop.core.plan import Named, Plan, loss_value, named, order_fn
-from sigprop.taps import nnx_taps, probe
+from sigprop.core.plan import Plan, loss_value, named, order_fn
+from sigprop.taps import attention, probe
 from sigprop.taps.collections import KERNEL_KEYS
 
 # the collections of sigprop's taps (zero probes, records, sown loss terms): not the model's
 _TAP_COLLECTIONS = (probe.PROBES, probe.PAIR_PROBES) + probe.SOWN
-_OBSERVED = "observed"  # leaf key of what observe records (not one of probe's keys)
+OBSERVED = "observed"  # leaf key of what observe records (not one of probe's keys)
 
 
-class _ByValueOrIdentity:
+class ByValueOrIdentity:
     """``__hash__`` / ``__eq__`` for a frozen dataclass holding a user's model (a static
     argument of the jitted core): by value when every field hashes (zoo models), else the
     model by identity (e.g. a linen module with a list attribute): the same object reuses its
@@ -75,31 +74,37 @@ def _hashable(v) -> bool:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class LinenNet(_ByValueOrIdentity):
+class LinenNet(ByValueOrIdentity):
     """A linen module and what is observed in it.
 
     ``acts`` / ``grads``: module paths (``"a/b"``) observed by selectors (an interceptor wraps
-    their ``__call__`` output); ``order``: every module path (tuple) in call-exit order, which
-    orders the layer names; ``apply_kwargs``: keyword arguments of every model call."""
+    their ``__call__`` output); ``attns``: flax attention modules whose ``attention_fn`` is
+    observed (:mod:`sigprop.taps.attention`); ``order``: every module path (tuple) in call-exit
+    order, which orders the layer names; ``apply_kwargs``: keyword arguments of every model
+    call."""
 
     module: nn.Module
     acts: tuple = ()
     grads: tuple = ()
     order: tuple = ()
     apply_kwargs: tuple = ()
+    attns: tuple = ()
 
     kind = "linen"
 
     def _intercept(self):
-        acts, grads = frozenset(self.acts), frozenset(self.grads)
-        if not acts and not grads:
+        acts, grads, attns = frozenset(self.acts), frozenset(self.grads), frozenset(self.attns)
+        if not acts and not grads and not attns:
             return contextlib.nullcontext()
 
         def interceptor(next_fun, args, kwargs, ctx):
-            y = next_fun(*args, **kwargs)
+            path = "/".join(ctx.module.path)
+            if ctx.method_name == "__call__" and path in attns:
+                y = _observing_attention(ctx.module, next_fun, args, kwargs)
+            else:
+                y = next_fun(*args, **kwargs)
             if ctx.method_name != "__call__" or not isinstance(y, jax.Array):
                 return y
-            path = "/".join(ctx.module.path)
             if path in grads:
                 y = probe.observe_grad(ctx.module, y)
             if path in acts:
@@ -116,40 +121,42 @@ class LinenNet(_ByValueOrIdentity):
         with self._intercept():
             return self.module.apply(variables, x, mutable=mutable, **dict(self.apply_kwargs))
 
-    def _pass(self, variables, x, label_key, plan: Plan, collections, probe_collection):
-        """One forward (recording ``collections``) and, with ``probe_collection``, one backward
-        w.r.t. the zero probes passed under that name. Returns ``(state, probe gradients)``."""
+    def _pass(self, variables, x, label_key, plan: Plan, collections, probe_collection,
+              params: bool = False):
+        """One forward (recording ``collections``) and one backward w.r.t. the zero probes
+        passed under ``probe_collection`` (if any) and, ``params``, the parameters. Returns
+        ``(state, probe gradients, parameter gradients)``."""
         rest = {c: v for c, v in variables.items() if c not in (probe.PROBES, probe.PAIR_PROBES)}
         mutable = [c for c in rest if c not in ("params", KERNEL_KEYS)]  # e.g. batch_stats
         mutable += list(collections) + [probe.LOSSES]
 
-        def loss_fn(pr):
-            v = rest if probe_collection is None else {**rest, probe_collection: pr}
+        def loss_fn(pr, prm):
+            v = dict(rest) if prm is None else {**rest, "params": prm}
+            if probe_collection is not None:
+                v[probe_collection] = pr
             out, state = self._apply(v, x, mutable)
             return loss_value(plan, out, label_key, state.get(probe.LOSSES, {})), state
 
         probes = variables.get(probe.PROBES, {})
-        if probe_collection is None:
-            return loss_fn(probes)[1], {}
-        grads, state = jax.grad(loss_fn, has_aux=True)(probes)
-        return state, grads
+        if probe_collection is None and not params:
+            return loss_fn(probes, None)[1], {}, {}
+        prm = rest.get("params", {}) if params else None
+        (grads, param_grads), state = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(probes,
+                                                                                        prm)
+        return state, grads, param_grads or {}
 
     def measure(self, variables, x, label_key, plan: Plan) -> dict:
         order = order_fn(self.order)
-        state, grads = self._pass(variables, x, label_key, plan,
-                                  [probe.NEED_COLLECTIONS[n] for n in plan.act_needs],
-                                  probe.PROBES if plan.backward else None)
-        out = {}
-        if metrics.MOMENTS in plan.act_needs:
-            out["moments"] = named(state.get(probe.MOMENTS, {}), probe.MOMENTS_KEY, order)
-        if metrics.GRAM in plan.act_needs:
-            gram = state.get(probe.GRAM, {})
-            out["gram_hi"] = named(gram, probe.HI_KEY, order)
-            out["gram_lo"] = named(gram, probe.LO_KEY, order)
-        if metrics.BRANCH in plan.act_needs:
-            out["branch"] = named(state.get(probe.BRANCH, {}), probe.BRANCH_KEY, order)
+        state, grads, param_grads = self._pass(
+            variables, x, label_key, plan, [probe.NEED_COLLECTIONS[n] for n in plan.act_needs],
+            probe.PROBES if plan.backward else None, plan.param_backward)
+        out = {name: named(state.get(col, {}), key, order)
+               for name, col, key in RECORDS if NEED_OF[name] in plan.act_needs}
         if plan.backward:
             out["grad"] = named(grads, probe.GRAD_KEY, order)
+        if plan.param_backward:
+            out["param_grad"] = named(probe.weight_grad_norms(param_grads), probe.PARAM_KEY,
+                                      order)
         return out
 
     def pair(self, variables, xs, label_key, plan: Plan) -> dict:
@@ -158,8 +165,8 @@ class LinenNet(_ByValueOrIdentity):
         grads = metrics.PAIR_GRAD in plan.needs
 
         def one(x):
-            state, g = self._pass(variables, x, label_key, plan, [probe.PAIR],
-                                  probe.PAIR_PROBES if grads else None)
+            state, g, _ = self._pass(variables, x, label_key, plan, [probe.PAIR],
+                                     probe.PAIR_PROBES if grads else None)
             res = {"pair": named(state.get(probe.PAIR, {}), probe.PAIR_KEY, order)}
             if grads:
                 res["pair_grad"] = named(g, probe.GRAD_KEY, order)
@@ -269,13 +276,39 @@ class LinenNet(_ByValueOrIdentity):
             y = next_fun(*args, **kwargs)
             if (ctx.method_name == "__call__" and isinstance(y, jax.Array)
                     and tuple(ctx.module.path) in taps):
-                ctx.module.sow(probe.MOMENTS, _OBSERVED, fn(y), init_fn=lambda: None,
+                ctx.module.sow(probe.MOMENTS, OBSERVED, fn(y), init_fn=lambda: None,
                                reduce_fn=lambda _, v: v)
             return y
 
         with nn.intercept_methods(interceptor):
             out, state = self._apply(variables, x, mutable)
-        return named(state.get(probe.MOMENTS, {}), _OBSERVED, order_fn(self.order)), out
+        return named(state.get(probe.MOMENTS, {}), OBSERVED, order_fn(self.order)), out
+
+
+# the records of the main pass: (record name, tap collection, leaf key), and the need of each
+RECORDS = (("moments", probe.MOMENTS, probe.MOMENTS_KEY), ("gram_hi", probe.GRAM, probe.HI_KEY),
+            ("gram_lo", probe.GRAM, probe.LO_KEY), ("branch", probe.BRANCH, probe.BRANCH_KEY),
+            ("token_hi", probe.TOKEN, probe.TOKEN_HI_KEY),
+            ("token_lo", probe.TOKEN, probe.TOKEN_LO_KEY),
+            ("max_abs", probe.MAX_ABS, probe.MAX_ABS_KEY),
+            ("attention", probe.ATTENTION, probe.ATTENTION_KEY),
+            ("attention_logits", probe.ATTENTION_LOGITS, probe.LOGITS_KEY))
+NEED_OF = {"moments": metrics.MOMENTS, "gram_hi": metrics.GRAM, "gram_lo": metrics.GRAM,
+            "branch": metrics.BRANCH, "token_hi": metrics.TOKEN, "token_lo": metrics.TOKEN,
+            "max_abs": metrics.MAX_ABS, "attention": metrics.ATTENTION,
+            "attention_logits": metrics.ATTENTION_LOGITS}
+
+
+def _observing_attention(module, next_fun, args, kwargs):
+    """Call a flax attention module with its ``attention_fn`` wrapped for this call only (the
+    bound instance of this trace), so that its probabilities reach the attention tap."""
+    fn = module.attention_fn
+    record = lambda p, lg, m: probe.observe_attention(module, p, logits=lg, mask=m)  # noqa: E731
+    object.__setattr__(module, "attention_fn", attention.observed(fn, record))
+    try:
+        return next_fun(*args, **kwargs)
+    finally:
+        object.__setattr__(module, "attention_fn", fn)
 
 
 def _structure_error(what, want, got) -> ValueError:
@@ -315,14 +348,15 @@ def _linen_calls(module, x_abstract, apply_kwargs):
         calls.clear()  # the order of the apply below (init may call modules differently)
         rest = {c: a for c, a in v.items() if c != probe.PROBES}
         mutable = [c for c in rest if c not in ("params", KERNEL_KEYS)]
-        mutable += [probe.MOMENTS, probe.BRANCH, probe.LOSSES]
+        mutable += [probe.MOMENTS, probe.BRANCH, probe.ATTENTION, probe.LOSSES]
         with nn.intercept_methods(record):
             _, state = module.apply(v, x, mutable=mutable, **kw)
-        return v.get(probe.PROBES, {}), state.get(probe.MOMENTS, {}), state.get(probe.BRANCH, {})
+        return (v.get(probe.PROBES, {}), state.get(probe.MOMENTS, {}),
+                state.get(probe.BRANCH, {}), state.get(probe.ATTENTION, {}))
 
-    probes, moments, branch = jax.eval_shape(run, jax.random.key(0), x_abstract)
+    probes, moments, branch, attn = jax.eval_shape(run, jax.random.key(0), x_abstract)
     explicit = (bool(jax.tree_util.tree_leaves((moments, branch))),
-                bool(jax.tree_util.tree_leaves(probes)))
+                bool(jax.tree_util.tree_leaves(probes)), bool(jax.tree_util.tree_leaves(attn)))
     return list(calls.items()), explicit
 
 
@@ -337,194 +371,19 @@ def linen_network(module, x_abstract, taps, apply_kwargs=()) -> LinenNet:
                          f"{tuple(x_abstract.shape)} ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})") from e
     named = [("/".join(p), m) for p, m in calls]
-    acts, grads = selectors.select(taps, named, explicit)
-    return LinenNet(module, acts, grads, tuple(p for p, _ in calls), tuple(apply_kwargs))
+    acts, grads, attns = selectors.select(taps, named, explicit)
+    check_attention(attns, dict(named))
+    return LinenNet(module, acts, grads, tuple(p for p, _ in calls), tuple(apply_kwargs),
+                    attns)
 
 
-# ------------------------------------------------------------------------------------------------
-# flax nnx
+def check_attention(attns, modules: dict) -> None:
+    for path in attns:
+        if not callable(getattr(modules[path], "attention_fn", None)):
+            raise ValueError(f"taps: attention= selects {path!r} ({type(modules[path]).__name__}), "
+                             "which has no attention_fn; for your own attention, call "
+                             "sigprop.tap(self, probs, 'attention', logits=..., mask=...)")
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class NnxNet(_ByValueOrIdentity):
-    """An nnx model as ``graphdef`` + per-seed state (``factory(rngs)`` builds a fresh one per
-    seed; ``None``: the state is given). ``acts`` / ``grads``: observed module paths and
-    ``explicit``: ``(name, kind)`` of :func:`sigprop.tap` calls; ``order``: names in call-exit
-    order."""
-
-    graphdef: Any
-    factory: Callable | None = None
-    acts: tuple = ()
-    grads: tuple = ()
-    explicit: tuple = ()
-    order: tuple = ()
-    apply_kwargs: tuple = ()
-
-    kind = "nnx"
-
-    def init(self, key, x):
-        return nnx.split(self.factory(nnx.Rngs(key)))[1]
-
-    def _run(self, state, x, needs, probes, pair=False):
-        model = nnx.merge(self.graphdef, state, copy=True)  # Variables of this trace level
-        grad_names = set(self.grads) | {n for n, k in self.explicit if k in ("gradient", "grad")}
-        ctx = nnx_taps.Context(self.acts, grad_names, needs, probes, pair)
-        nnx_taps.install(model, ctx, set(self.acts) | set(self.grads))
-        return model(x, **dict(self.apply_kwargs)), ctx
-
-    def _probes(self):
-        names = list(self.grads) + [n for n, k in self.explicit if k in ("gradient", "grad")]
-        return {n: jnp.zeros((2,), jnp.float32) for n in names}
-
-    def _sorted(self, values: dict, key: str | None = None) -> Named:
-        index = {n: i for i, n in enumerate(self.order)}
-        names = sorted(values, key=lambda n: index.get(n, len(index)))
-        if not names:
-            return Named((), None)
-        return Named(names, jnp.stack([values[n] if key is None else values[n][key]
-                                       for n in names]))
-
-    def measure(self, state, x, label_key, plan: Plan) -> dict:
-        needs = plan.act_needs
-
-        def loss_fn(pr):
-            out, ctx = self._run(state, x, needs, pr)
-            return loss_value(plan, out, label_key, ()), (ctx.records, ctx.branches)
-
-        if plan.backward:
-            g, (records, branches) = jax.grad(loss_fn, has_aux=True)(self._probes())
-        else:
-            g, (records, branches) = {}, loss_fn({})[1]
-        out = {}
-        if metrics.MOMENTS in needs:
-            out["moments"] = self._sorted(records, probe.MOMENTS_KEY)
-        if metrics.GRAM in needs:
-            out["gram_hi"] = self._sorted(records, probe.HI_KEY)
-            out["gram_lo"] = self._sorted(records, probe.LO_KEY)
-        if metrics.BRANCH in needs:
-            out["branch"] = self._sorted(branches)
-        if plan.backward:
-            out["grad"] = self._sorted(g)
-        return out
-
-    def pair(self, state, xs, label_key, plan: Plan) -> dict:
-        grads = metrics.PAIR_GRAD in plan.needs
-
-        def one(x):
-            def loss_fn(pr):
-                out, ctx = self._run(state, x, frozenset({metrics.PAIR}), pr, pair=True)
-                return loss_value(plan, out, label_key, ()), ctx.records
-
-            if grads:
-                g, records = jax.grad(loss_fn, has_aux=True)(self._probes())
-            else:
-                g, records = {}, loss_fn({})[1]
-            res = {"pair": self._sorted(records, probe.PAIR_KEY)}
-            if grads:
-                res["pair_grad"] = self._sorted(g)
-            return res
-
-        out = jax.vmap(one, axis_name=probe.PAIR_AXIS)(xs)
-        return jax.tree_util.tree_map(lambda v: v[0], out)
-
-    # the model's own variables (the objective, training, the Hessian)
-
-    def init_weights(self, key, x):
-        """The state ``init`` builds (an nnx state holds no tap collection)."""
-        return self.init(key, x)
-
-    def without_taps(self, variables):
-        return variables
-
-    def split(self, variables):
-        """``(params, rest)``: the ``nnx.Param`` state and every other variable."""
-        params, rest = nnx.split_state(variables, nnx.Param, ...)
-        return params, rest
-
-    def merge(self, params, rest, probes=None):
-        """The state ``measure`` takes (the gradient probes are its own: ``probes`` unused)."""
-        return nnx.merge_state(params, rest)
-
-    def apply_train(self, params, rest, x):
-        """``(outputs, new rest, extra loss terms)`` of one train-mode forward pass."""
-        model = nnx.merge(self.graphdef, params, rest, copy=True)
-        out = model(x, **dict(self.apply_kwargs))
-        _, new_rest = nnx.split_state(nnx.state(model), nnx.Param, ...)
-        return out, new_rest, jnp.float32(0)
-
-    def zero_probes(self, x_abstract):
-        """None: ``measure`` makes its own zero probes."""
-        return None
-
-    def check_variables(self, variables, seeds: int, x_abstract):
-        raise ValueError("variables= is for flax.linen models; an nnx model holds its own")
-
-    def observe(self, state, x, fn):
-        """One train-mode forward where every activation tap records ``fn(y)`` of its value
-        ``y`` (an array): ``(Named [taps, ...] in call order, outputs)``."""
-        model = nnx.merge(self.graphdef, state, copy=True)
-        ctx = _ObserveContext(self.acts, fn=fn)
-        nnx_taps.install(model, ctx, set(self.acts))
-        out = model(x, **dict(self.apply_kwargs))
-        return self._sorted(ctx.records, _OBSERVED), out
-
-
-class _ObserveContext(nnx_taps.Context):
-    """nnx: every activation tap records ``fn(y)``."""
-
-    def __init__(self, acts, fn):
-        super().__init__(acts)
-        self.fn = fn
-
-    def _act(self, name, y):
-        self.records[name] = {_OBSERVED: self.fn(y)}
-        return y
-
-
-def nnx_network(model, x_abstract, taps, apply_kwargs=()) -> tuple[NnxNet, Any]:
-    """An :class:`NnxNet` for an nnx instance or a factory ``rngs -> nnx.Module``; returns
-    ``(network, the instance's state or None)``."""
-    if isinstance(model, nnx.Module):
-        graphdef, state = nnx.split(model)
-        factory, abstract = None, state
-    else:
-        try:
-            built = nnx.eval_shape(lambda: model(nnx.Rngs(0)))
-        except Exception as e:  # noqa: BLE001 - the user's factory: say what failed
-            raise ValueError(f"model: the factory {model!r} failed on nnx.Rngs(0) "
-                             f"({type(e).__name__}: {e})") from e
-        if not isinstance(built, nnx.Module):
-            raise ValueError(f"model: the factory {model!r} returned {type(built).__name__}, "
-                             "not an nnx.Module")
-        graphdef, abstract = nnx.split(built)
-        factory, state = model, None
-    ctx = nnx_taps.Context(record_calls=True)
-    kw = dict(apply_kwargs)
-
-    def run(st, x):
-        m = nnx.merge(graphdef, st, copy=True)
-        nnx_taps.install(m, ctx, None)
-        m(x, **kw)
-        return 0
-
-    try:
-        jax.eval_shape(run, abstract, x_abstract)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"model: {type(model).__name__} failed on inputs of shape "
-                         f"{tuple(x_abstract.shape)} ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''})") from e
-    first: dict = {}  # path -> module, at its first exit
-    for p, m in ctx.calls:
-        first.setdefault(p, m)
-    calls = list(first.items())
-    explicit = tuple(dict.fromkeys(ctx.explicit))
-    module_calls = [(p, m) for p, m in calls if m is not None]
-    kinds = {k for _, k in explicit}
-    acts, grads = selectors.select(taps, module_calls, (
-        bool(kinds & {"activation", "act", "branch"}), bool(kinds & {"gradient", "grad"})))
-    net = NnxNet(graphdef, factory, acts, grads, explicit, tuple(p for p, _ in calls),
-                 tuple(apply_kwargs))
-    return net, state
-
-
-__all__ = ["LinenNet", "NnxNet", "linen_network", "nnx_network"]
+__all__ = ["LinenNet", "linen_network", "ByValueOrIdentity", "RECORDS", "NEED_OF",
+           "check_attention", "OBSERVED"]

@@ -14,7 +14,8 @@ import numpy as np
 from flax import nnx
 
 from sigprop import metrics
-from sigprop.core.adapters import linen_network, nnx_network
+from sigprop.core.adapters import linen_network
+from sigprop.core.nnx_adapter import nnx_network
 from sigprop.core.plan import DEFAULT_NOISE, Plan
 from sigprop.core.selectors import Taps
 

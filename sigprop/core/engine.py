@@ -16,7 +16,8 @@ This module owns the seed keys (:func:`seed_keys`, :mod:`sigprop.util.keys`), on
 measurement (:func:`measure_item`), the spectral step (:func:`finish`), the jitted sharded core
 and :func:`execute`. What a call computes and how results are named is
 :mod:`sigprop.core.plan` (:class:`Plan`, :class:`Named`); models are adapted by a *network*,
-:class:`LinenNet` or :class:`NnxNet` (:mod:`sigprop.core.adapters`), re-exported here.
+:class:`LinenNet` or :class:`NnxNet` (:mod:`sigprop.core.adapters`,
+:mod:`sigprop.core.nnx_adapter`), re-exported here.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from jax.sharding import PartitionSpec
 
 from sigprop import metrics
 from sigprop.backend import devices, xla_cpu
-from sigprop.core.adapters import LinenNet, NnxNet, linen_network, nnx_network
+from sigprop.core.adapters import LinenNet, linen_network
+from sigprop.core.nnx_adapter import NnxNet, nnx_network
 from sigprop.core.plan import DEFAULT_NOISE, Named, Plan, default_loss
 from sigprop.util.keys import PAIR_NOISE_TAG, seed_keys, split_item, split_run
 
@@ -76,7 +78,11 @@ class _Axis:
 
 _AXES = {metrics.LAYER: _Axis("activation", ("moments", "pair"), ("moments",)),
          metrics.GRAD_LAYER: _Axis("gradient", ("grad", "pair_grad"), ("grad", "pair_grad")),
-         metrics.BRANCH_LAYER: _Axis("residual-branch", ("branch",), ("branch",))}
+         metrics.BRANCH_LAYER: _Axis("residual-branch", ("branch",), ("branch",)),
+         metrics.ATTENTION_LAYER: _Axis("attention", ("attention", "attention_logits"),
+                                        ("attention", "attention_logits")),
+         metrics.PARAM_LAYER: _Axis("weight (dense / conv / einsum kernel or embedding)",
+                                    ("param_grad",), ("param_grad",))}
 
 
 def finish(records: dict, plan: Plan) -> dict:

@@ -54,15 +54,24 @@ class Plan:
 
     @property
     def act_needs(self) -> frozenset:
-        """What activation taps record in the main pass (moments always: the finite flags)."""
-        n = self.needs & {metrics.MOMENTS, metrics.GRAM, metrics.BRANCH}
-        if self.needs & {metrics.MOMENTS, metrics.GRAM, metrics.PAIR}:
+        """What the activation, branch and attention taps record in the main pass (moments
+        whenever an activation metric is asked for: the layer axis's finite flags)."""
+        n = self.needs & (metrics.ACT_NEEDS | {metrics.BRANCH, metrics.ATTENTION,
+                                               metrics.ATTENTION_LOGITS})
+        if self.needs & (metrics.ACT_NEEDS | {metrics.PAIR}):
             n |= {metrics.MOMENTS}
         return frozenset(n)
 
     @property
     def backward(self) -> bool:
+        """A backward pass to the gradient taps' probes."""
         return metrics.GRAD in self.needs
+
+    @property
+    def param_backward(self) -> bool:
+        """A backward pass to the parameters (``param_grad_norm``), the same pass as the
+        probes'."""
+        return metrics.PARAM_GRAD in self.needs
 
     @property
     def pair(self) -> bool:

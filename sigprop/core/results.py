@@ -93,9 +93,11 @@ class LayerMetrics(NamedArrays):
     """Layerwise metrics of one analysis: ``{name: array}`` with named axes.
 
     Every array is ``[..., seed, <layer axis>]``: ``layer`` (activation taps, names in
-    ``layer_names``), ``grad_layer`` (gradient taps, ``grad_layer_names``) or ``branch_layer``
-    (residual branches, ``branch_layer_names``); leading axes (a sweep's grid) come first.
-    ``finite`` / ``grad_finite`` / ``branch_finite`` flag, per seed and layer, whether the
+    ``layer_names``), ``grad_layer`` (gradient taps, ``grad_layer_names``), ``branch_layer``
+    (residual branches, ``branch_layer_names``), ``attention_layer`` (attention taps,
+    ``attention_layer_names``) or ``param_layer`` (weights, ``param_layer_names``); leading axes
+    (a sweep's grid) come first. ``finite`` / ``grad_finite`` / ``branch_finite`` /
+    ``attention_finite`` / ``param_finite`` flag, per seed and layer, whether the
     observed values and their metrics were finite. Metrics are read as items
     (``res["cosine_similarity"]``) or attributes (``res.cosine_similarity``); a registered
     metric that was not measured reads as None. ``config`` records how it was made.
@@ -124,6 +126,14 @@ class LayerMetrics(NamedArrays):
     @property
     def branch_layer_names(self) -> tuple[str, ...]:
         return self.coords.get(_metrics.BRANCH_LAYER, ())
+
+    @property
+    def attention_layer_names(self) -> tuple[str, ...]:
+        return self.coords.get(_metrics.ATTENTION_LAYER, ())
+
+    @property
+    def param_layer_names(self) -> tuple[str, ...]:
+        return self.coords.get(_metrics.PARAM_LAYER, ())
 
     @property
     def metric_names(self) -> tuple[str, ...]:

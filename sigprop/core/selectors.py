@@ -16,6 +16,7 @@ import flax.linen as nn
 from flax import nnx
 
 from sigprop.nn import normalizers
+from sigprop.taps.attention import ATTENTION_CLASSES
 
 # Defaults: activation metrics at the output of every normalization module ...
 NORM_CLASSES = (
@@ -62,16 +63,23 @@ class Taps:
         LinearGeneral / Conv / ConvTranspose / Einsum (nnx) except the last one called, the
         classifier.
 
+      attention: where attention metrics are taken: flax attention modules whose
+        ``attention_fn`` is observed (:mod:`sigprop.taps.attention`). ``None``: the default,
+        every linen ``MultiHeadDotProductAttention`` (and subclasses) and nnx
+        ``MultiHeadAttention``.
+
     Each is a selector (see the module doc); pass your own normalization class to observe it.
-    Values observed with :func:`sigprop.tap` inside a model are always recorded besides.
+    Values observed with :func:`sigprop.tap` inside a model are always recorded besides (for
+    your own attention: ``sigprop.tap(self, probs, "attention", logits=..., mask=...)``).
     """
 
     activations: Any = None
     gradients: Any = None
+    attention: Any = None
 
     def __post_init__(self):
-        object.__setattr__(self, "activations", check_selector(self.activations, "activations"))
-        object.__setattr__(self, "gradients", check_selector(self.gradients, "gradients"))
+        for what in ("activations", "gradients", "attention"):
+            object.__setattr__(self, what, check_selector(getattr(self, what), what))
 
 
 def matches(selector, path: str, module) -> bool:
@@ -85,25 +93,29 @@ def matches(selector, path: str, module) -> bool:
     return bool(selector(path, module))
 
 
-def select(taps: Taps | None, calls: list[tuple[str, Any]], explicit: tuple[bool, bool]):
-    """``(activation paths, gradient paths)`` selected among the module calls
+_DEFAULTS = {"activations": NORM_CLASSES, "gradients": AFFINE_CLASSES,
+             "attention": ATTENTION_CLASSES}
+
+
+def select(taps: Taps | None, calls: list[tuple[str, Any]], explicit: tuple):
+    """``(activation paths, gradient paths, attention paths)`` selected among the module calls
     ``[(path, module)]`` (in call order, the root's path ``""`` excluded).
 
     A selector left at None takes the default, unless the model has sigprop taps of its own of
-    that kind (``explicit = (activation, gradient)``: a zoo model, or :func:`sigprop.tap`
-    calls), which then stand alone. A selector given explicitly that matches nothing is an
-    error listing the paths seen."""
+    that kind (``explicit = (activation, gradient, attention)``: a zoo model, or
+    :func:`sigprop.tap` calls), which then stand alone. A selector given explicitly that matches
+    nothing is an error listing the paths seen."""
     seen = [(p, m) for p, m in calls if p]
     taps = taps or Taps()
+    explicit = tuple(explicit) + (False,) * (3 - len(explicit))
     out = []
-    for what, selector, own in (("activations", taps.activations, explicit[0]),
-                                ("gradients", taps.gradients, explicit[1])):
+    for what, own in zip(("activations", "gradients", "attention"), explicit):
+        selector = getattr(taps, what)
         if selector is None and own:
             out.append(())
             continue
         if selector is None:
-            default = NORM_CLASSES if what == "activations" else AFFINE_CLASSES
-            paths = [p for p, m in seen if isinstance(m, default)]
+            paths = [p for p, m in seen if isinstance(m, _DEFAULTS[what])]
             if what == "gradients":
                 paths = paths[:-1]
         else:

@@ -5,16 +5,24 @@ axis and equation). Pure array code: a metric never knows a model or a tap."""
 
 from sigprop.metrics.record import (
     ACT_METRICS,
+    ACT_NEEDS,
+    ATTENTION,
+    ATTENTION_LAYER,
+    ATTENTION_LOGITS,
     BRANCH,
     BRANCH_LAYER,
     GRAD,
     GRAD_LAYER,
     GRAM,
     LAYER,
+    MAX_ABS,
     MOMENTS,
     NEEDS,
     PAIR,
     PAIR_GRAD,
+    PARAM_GRAD,
+    PARAM_LAYER,
+    TOKEN,
     activation_variance,
     all_finite,
     channel_squared_mean,
@@ -29,6 +37,8 @@ from sigprop.metrics.registry import (
     FLAGS,
     PAIR_METRICS,
     REGISTRY,
+    TOKEN_METRICS,
+    TRANSFORMER_METRICS,
     Metric,
     activation_metrics,
     check_metrics,
@@ -40,5 +50,21 @@ from sigprop.metrics.registry import (
     stable_rank,
 )
 from sigprop.metrics.spectral import Stats, entropy_rank
+from sigprop.metrics.tokens import (
+    attention_entropy,
+    attention_logit_max,
+    check_tokens,
+    max_abs_ratio,
+    record_attention,
+    record_attention_logits,
+    record_max_abs,
+    record_token_gram,
+    token_residual_ratio,
+)
 
-__all__ = ['MOMENTS', 'GRAM', 'GRAD', 'PAIR', 'PAIR_GRAD', 'BRANCH', 'NEEDS', 'LAYER', 'GRAD_LAYER', 'BRANCH_LAYER', 'ACT_METRICS', 'has_f64', 'activation_variance', 'channel_squared_mean', 'all_finite', 'record_moments', 'record_gram', 'grad_norm', 'correlation', 'entropy_rank', 'Stats', 'Metric', 'REGISTRY', 'DEFAULT_METRICS', 'PAIR_METRICS', 'FLAGS', 'names', 'check_metrics', 'needs_of', 'compute', 'cosine_similarity', 'stable_rank', 'effective_rank', 'activation_metrics']
+__all__ = ['MOMENTS', 'GRAM', 'GRAD', 'PAIR', 'PAIR_GRAD', 'BRANCH', 'TOKEN', 'MAX_ABS', 'ATTENTION',
+           'ATTENTION_LOGITS', 'PARAM_GRAD', 'NEEDS', 'ACT_NEEDS', 'LAYER', 'GRAD_LAYER',
+           'BRANCH_LAYER', 'ATTENTION_LAYER', 'PARAM_LAYER', 'ACT_METRICS', 'TOKEN_METRICS',
+           'TRANSFORMER_METRICS', 'check_tokens', 'record_token_gram', 'token_residual_ratio',
+           'max_abs_ratio', 'record_max_abs', 'attention_entropy', 'attention_logit_max',
+           'record_attention', 'record_attention_logits', 'has_f64', 'activation_variance', 'channel_squared_mean', 'all_finite', 'record_moments', 'record_gram', 'grad_norm', 'correlation', 'entropy_rank', 'Stats', 'Metric', 'REGISTRY', 'DEFAULT_METRICS', 'PAIR_METRICS', 'FLAGS', 'names', 'check_metrics', 'needs_of', 'compute', 'cosine_similarity', 'stable_rank', 'effective_rank', 'activation_metrics']

@@ -23,9 +23,16 @@ from sigprop.backend import cpu
 
 # What a tap records (the engine asks taps for the needs of the requested metrics only)
 MOMENTS, GRAM, GRAD, PAIR, PAIR_GRAD, BRANCH = "moments", "gram", "grad", "pair", "pair_grad", "branch"
-NEEDS = (MOMENTS, GRAM, GRAD, PAIR, PAIR_GRAD, BRANCH)
+# token tensors and attention (sigprop.metrics.tokens), parameter gradients
+TOKEN, MAX_ABS, ATTENTION, ATTENTION_LOGITS, PARAM_GRAD = (
+    "token", "max_abs", "attention", "attention_logits", "param_grad")
+NEEDS = (MOMENTS, GRAM, GRAD, PAIR, PAIR_GRAD, BRANCH, TOKEN, MAX_ABS, ATTENTION,
+         ATTENTION_LOGITS, PARAM_GRAD)
+# what an activation tap records in the main pass (the rest: gradients, branches, attention)
+ACT_NEEDS = frozenset({MOMENTS, GRAM, TOKEN, MAX_ABS})
 # The layer axes metrics live on
 LAYER, GRAD_LAYER, BRANCH_LAYER = "layer", "grad_layer", "branch_layer"
+ATTENTION_LAYER, PARAM_LAYER = "attention_layer", "param_layer"
 
 ACT_METRICS = (
     "activation_variance",
@@ -155,17 +162,21 @@ def _gram_record(m):
 
 @_gram_record.def_vmap
 def _gram_record_vmap(axis_size, in_batched, m):
-    """Batched over seeds: one float32 matmul for the batch, and the float64 recomputation (for
-    the whole batch) only when some matrix needs it (a ``lax.cond`` on an unbatched predicate,
-    so the usual case costs no float64 work)."""
     (batched,) = in_batched
     if not batched:
         out = _gram_record(m)
         return jax.tree_util.tree_map(lambda o: jnp.broadcast_to(o, (axis_size,) + o.shape),
                                       out), (True, True)
+    return gram_pairs(m), (True, True)
+
+
+def gram_pairs(m):
+    """``(hi, lo)`` of a stack of row blocks ``m [n, B, D]``: one float32 matmul per block, and
+    the float64 recomputation (for the whole stack) only when some matrix needs it (a
+    ``lax.cond`` on an unbatched predicate, so the usual case costs no float64 work)."""
     g = jax.vmap(_gram32)(m)
     if not cpu.has_float64():
-        return (g, jnp.zeros_like(g)), (True, True)
+        return g, jnp.zeros_like(g)
     # above _JNP_CHOLESKY_MAX, LAPACK's potrf: two layers' checks run side by side
     if g.shape[-1] > _JNP_CHOLESKY_MAX and cpu.lapack_one_matrix_per_call(calls_side_by_side=True):
         ok = lax.map(_well_conditioned, g)
@@ -177,8 +188,7 @@ def _gram_record_vmap(axis_size, in_batched, m):
         keep = ok[:, None, None]
         return jnp.where(keep, g, hi), jnp.where(keep, 0.0, lo)
 
-    out = lax.cond(jnp.all(ok), lambda m: (g, jnp.zeros_like(g)), exact, m)
-    return out, (True, True)
+    return lax.cond(jnp.all(ok), lambda m: (g, jnp.zeros_like(g)), exact, m)
 
 
 def record_gram(x):

@@ -33,20 +33,28 @@ from jax import lax
 
 from sigprop.metrics.record import (
     ACT_METRICS,
+    ATTENTION,
+    ATTENTION_LAYER,
+    ATTENTION_LOGITS,
     BRANCH,
     BRANCH_LAYER,
     GRAD,
     GRAD_LAYER,
     GRAM,
     LAYER,
+    MAX_ABS,
     MOMENTS,
     PAIR,
     PAIR_GRAD,
+    PARAM_GRAD,
+    PARAM_LAYER,
+    TOKEN,
     all_finite,
     record_gram,
     record_moments,
 )
 from sigprop.metrics.spectral import Stats, entropy_rank
+from sigprop.metrics.tokens import token_residual_ratio
 
 # ------------------------------------------------------------------------------------------------
 # The registry
@@ -112,6 +120,23 @@ def _m_branch(s):
     return s["branch"][..., 0]
 
 
+def _per_sequence(fn):
+    """A token metric: the sample-wise ``fn`` on each sequence's ``T x T`` Gram matrix (``Stats``
+    over ``[..., B, T, T]``), averaged over the sequences."""
+    def compute(s):
+        return jnp.mean(fn(s), axis=-1)
+    return compute
+
+
+def _m_token_residual(s):
+    with s.float64():
+        return s.finish(token_residual_ratio(s.gram))
+
+
+def _first(key):
+    return lambda s: s[key][..., 0]
+
+
 REGISTRY: dict[str, Metric] = {m.name: m for m in [
     Metric("activation_variance", MOMENTS, LAYER, _m_variance,
            "mean_c var_{NHW}(x[..., c]) (biased): Brock et al.'s average channel variance"),
@@ -133,12 +158,41 @@ REGISTRY: dict[str, Metric] = {m.name: m for m in [
     Metric("residual_variance", BRANCH, BRANCH_LAYER, _m_branch,
            "mean_c var_{NHW} of a residual block's branch output, before the addition "
            "(Brock et al. 2021's residual-branch variance)"),
+    # token tensors [B, T, D]: per sequence b over its T tokens X_b (T x D), mean over b
+    Metric("token_cosine_similarity", TOKEN, LAYER, _per_sequence(_m_cosine),
+           "mean_b mean_{i != j} cos(x_bi, x_bj): the tokens of one sequence (Noci et al. 2022)"),
+    Metric("token_residual_ratio", TOKEN, LAYER, _per_sequence(_m_token_residual),
+           "mean_b ||X_b - 1 mean_t(X_b)^T||_F / ||X_b||_F: Dong et al. 2021's res(X), "
+           "Frobenius form; 0 when every token is the same"),
+    Metric("token_stable_rank", TOKEN, LAYER, _per_sequence(_m_stable_rank),
+           "mean_b trace(G_b) / ||G_b||_2 of the unit-token Gram matrix of X_b, in [1, T]",
+           ("gram_hat",)),
+    Metric("token_effective_rank", TOKEN, LAYER, _per_sequence(_m_effective_rank),
+           "mean_b exp(-sum_i p_i log p_i), p_i = s_i / sum_j s_j over the singular values of "
+           "X_b", ("gram",)),
+    Metric("max_abs_ratio", MAX_ABS, LAYER, _first("max_abs"),
+           "max |x| / median |x| over every entry of the tap (Sun et al. 2024's massive "
+           "activations); inf when more than half the entries are 0"),
+    Metric("attention_entropy", ATTENTION, ATTENTION_LAYER, _first("attention"),
+           "mean over batch, heads and queries (with >= 2 allowed keys) of "
+           "-sum_j A_ij log A_ij / log n_i, n_i the keys query i may attend to; 1 = uniform"),
+    Metric("attention_logit_max", ATTENTION_LOGITS, ATTENTION_LAYER, _first("attention_logits"),
+           "max over batch, heads, queries and allowed keys of |q.k| / sqrt(d_head)"),
+    Metric("param_grad_norm", PARAM_GRAD, PARAM_LAYER, _first("param_grad"),
+           "||d loss / d W||_F of the kernel (or embedding) W of every dense / conv / einsum / "
+           "embed layer (Xiong et al. 2020's per-layer gradient norm)"),
 ]}
 DEFAULT_METRICS = ("activation_variance", "channel_squared_mean", "cosine_similarity",
                    "stable_rank", "effective_rank", "grad_norm", "residual_variance")
 PAIR_METRICS = ("similar_batch_correlation", "gradient_correlation")
+TOKEN_METRICS = ("token_cosine_similarity", "token_residual_ratio", "token_stable_rank",
+                 "token_effective_rank")
+# every metric of a transformer's taps (sigprop.transformer): tokens, attention, parameters
+TRANSFORMER_METRICS = TOKEN_METRICS + ("max_abs_ratio", "attention_entropy",
+                                       "attention_logit_max", "param_grad_norm")
 # the finite flags of each layer axis (always reported with any metric on that axis)
-FLAGS = {LAYER: "finite", GRAD_LAYER: "grad_finite", BRANCH_LAYER: "branch_finite"}
+FLAGS = {LAYER: "finite", GRAD_LAYER: "grad_finite", BRANCH_LAYER: "branch_finite",
+         ATTENTION_LAYER: "attention_finite", PARAM_LAYER: "param_finite"}
 
 
 # matrix entries per chunk of the spectral step (float64: 32 MiB a copy): depth 1000 x batch
@@ -173,25 +227,37 @@ def needs_of(metric_names) -> frozenset:
     return frozenset(REGISTRY[m].needs for m in metric_names)
 
 
+# the Gram records of each spectral family: (need, hi key, lo key, matrix axes per item)
+_GRAM_FAMILIES = ((GRAM, "gram_hi", "gram_lo", 2), (TOKEN, "token_hi", "token_lo", 3))
+
+
 def compute(records: dict, metric_names) -> dict:
     """``{metric: array}`` of the requested metrics from the taps' records (the spectral step),
     plus the finite flags of each layer axis in use."""
-    spectra = tuple(dict.fromkeys(s for m in metric_names for s in REGISTRY[m].spectra))
-    gram = [m for m in metric_names if REGISTRY[m].needs == GRAM]
-    out = {m: REGISTRY[m].compute(Stats(records)) for m in metric_names if m not in gram}
-    if gram:
-        def one(hi, lo):
-            stats = Stats({"gram_hi": hi, "gram_lo": lo}, spectra)
-            return {m: REGISTRY[m].compute(stats) for m in gram}
-
-        hi, lo = records["gram_hi"], records["gram_lo"]
-        if hi.ndim == 3:  # [layers, B, B]: in chunks, so the float64 copies stay small
-            b = hi.shape[-1]
-            out.update(lax.map(lambda a: one(*a), (hi, lo),
-                               batch_size=max(1, _SPECTRAL_CHUNK // (b * b))))
-        else:
-            out.update(one(hi, lo))
+    spectral = {need for need, *_ in _GRAM_FAMILIES}
+    out = {m: REGISTRY[m].compute(Stats(records)) for m in metric_names
+           if REGISTRY[m].needs not in spectral}
+    for need, hi_key, lo_key, item_dims in _GRAM_FAMILIES:
+        wanted = [m for m in metric_names if REGISTRY[m].needs == need]
+        if wanted:
+            out.update(_spectral_step(records[hi_key], records[lo_key], wanted, item_dims))
     return out
+
+
+def _spectral_step(hi, lo, wanted, item_dims: int) -> dict:
+    """The metrics ``wanted`` of Gram records ``hi + lo [..., layers, *item]`` (``item``: one
+    ``B x B`` matrix, or ``B`` token matrices ``T x T``), their eigenvalue problems solved once."""
+    spectra = tuple(dict.fromkeys(s for m in wanted for s in REGISTRY[m].spectra))
+
+    def one(hi, lo):
+        stats = Stats({"gram_hi": hi, "gram_lo": lo}, spectra)
+        return {m: REGISTRY[m].compute(stats) for m in wanted}
+
+    if hi.ndim == item_dims + 1:  # [layers, *item]: in chunks, so the float64 copies stay small
+        per_layer = max(1, hi[0].size)
+        return lax.map(lambda a: one(*a), (hi, lo),
+                       batch_size=max(1, _SPECTRAL_CHUNK // per_layer))
+    return one(hi, lo)
 
 
 # ------------------------------------------------------------------------------------------------

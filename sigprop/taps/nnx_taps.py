@@ -15,7 +15,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from sigprop.taps import probe
+from sigprop.taps import attention, probe
 
 _CTX, _PATH = "_sigprop_ctx", "_sigprop_path"
 
@@ -34,22 +34,29 @@ class Context:
 
     ``needs``: the activation records wanted (``sigprop.metrics.NEEDS``); ``probes``:
     ``{path: zero [2]}`` for the gradient taps; ``pair``: the pair pass (under the pair vmap);
-    ``record_calls``: discovery, record every module call's exit in order."""
+    ``record_calls``: discovery, record every module call's exit in order; ``attns``: the flax
+    attention modules observed (their ``attention_fn`` wrapped, :mod:`sigprop.taps.attention`)."""
 
     def __init__(self, acts=(), grads=(), needs=frozenset(), probes=None, pair=False,
-                 record_calls=False):
-        self.acts, self.grads = frozenset(acts), frozenset(grads)
+                 record_calls=False, attns=()):
+        self.acts, self.grads, self.attns = frozenset(acts), frozenset(grads), frozenset(attns)
         self.needs, self.probes, self.pair = needs, probes or {}, pair
         self.record_calls = record_calls
         self.calls: list[tuple[str, Any]] = []  # discovery: (path, module) at each exit
         self.explicit: list[tuple[str, str]] = []  # discovery: (name, kind) of sigprop.tap calls
         self.records: dict[str, dict] = {}  # activation name -> {leaf key: record}
         self.branches: dict[str, Any] = {}
+        self.attention: dict[str, dict] = {}  # attention name -> {leaf key: record}
 
     def _act(self, name, y):
         if self.needs:
-            self.records[name] = probe.record_activation(y, self.needs)
+            self.records[name] = probe.record_activation(y, self.needs, where=name)
         return y
+
+    def _attention(self, name, probs, logits, mask):
+        if self.needs & {"attention", "attention_logits"}:
+            self.attention[name] = probe.record_attention(probs, logits, mask, self.needs, name)
+        return probs
 
     def _grad(self, name, y):
         if name in self.probes:
@@ -68,13 +75,15 @@ class Context:
             y = self._act(path, y)
         return y
 
-    def explicit_tap(self, module, x, name, kind):
+    def explicit_tap(self, module, x, name, kind, logits=None, mask=None):
         full = f"{vars(module)[_PATH]}/{name}".lstrip("/")
         if self.record_calls:
             self.explicit.append((full, kind))
             self.calls.append((full, None))
         if kind in ("gradient", "grad"):
             return self._grad(full, x)
+        if kind == "attention":
+            return self._attention(full, x, logits, mask)
         if kind == "branch":
             if "branch" in self.needs:
                 self.branches[full] = probe.record_branch(x)
@@ -96,20 +105,25 @@ def _tapped(cls):
 
 def install(model, ctx: Context, paths) -> None:
     """Give every module of ``model`` (a merged copy) the context; swap the classes of the
-    modules at ``paths`` (all of them when None) for their tapped subclass."""
+    modules at ``paths`` (all of them when None) for their tapped subclass, and wrap the
+    ``attention_fn`` of the attention modules at ``ctx.attns``."""
     for path, module in modules(model):
         vars(module)[_CTX] = ctx
         vars(module)[_PATH] = path
         if (paths is None or path in paths) and callable(getattr(type(module), "__call__", None)):
             module.__class__ = _tapped(type(module))
+        if path in ctx.attns:
+            vars(module)["attention_fn"] = attention.observed(
+                vars(module)["attention_fn"],
+                functools.partial(ctx._attention, path))
 
 
-def tap(module, x, name: str, kind: str):
+def tap(module, x, name: str, kind: str, logits=None, mask=None):
     """:func:`sigprop.tap` for an nnx module: the identity unless the engine runs the model."""
     ctx = vars(module).get(_CTX) if hasattr(module, "__dict__") else None
     if ctx is None:
         return x
-    return ctx.explicit_tap(module, x, name, kind)
+    return ctx.explicit_tap(module, x, name, kind, logits, mask)
 
 
 __all__ = ["Context", "install", "modules", "path_name", "tap"]

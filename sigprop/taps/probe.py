@@ -36,14 +36,21 @@ import jax.numpy as jnp
 
 from sigprop import metrics
 from sigprop.taps.collections import (  # noqa: F401 (taps' names, re-exported)
+    ATTENTION,
+    ATTENTION_KEY,
+    ATTENTION_LOGITS,
     BRANCH,
     BRANCH_KEY,
     GRAD_KEY,
     GRAM,
     HI_KEY,
     KERNEL_KEYS,
+    KEY_COLLECTIONS,
     LO_KEY,
+    LOGITS_KEY,
     LOSSES,
+    MAX_ABS,
+    MAX_ABS_KEY,
     MOMENTS,
     MOMENTS_KEY,
     NEED_COLLECTIONS,
@@ -51,9 +58,14 @@ from sigprop.taps.collections import (  # noqa: F401 (taps' names, re-exported)
     PAIR_AXIS,
     PAIR_KEY,
     PAIR_PROBES,
+    PARAM_KEY,
     PROBES,
     SOWN,
     TAP_COLLECTIONS,
+    TOKEN,
+    TOKEN_HI_KEY,
+    TOKEN_LO_KEY,
+    WEIGHT_NAMES,
 )
 
 
@@ -98,17 +110,58 @@ def grad_probe(x, probe, pair: bool = False):
     return _pair_grad_probe(x, probe) if pair else _grad_probe(x, probe)
 
 
-def record_activation(x, needs, pair_axis: str | None = PAIR_AXIS) -> dict:
-    """``{leaf key: record}`` of one activation for the metric ``needs``."""
+def record_activation(x, needs, pair_axis: str | None = PAIR_AXIS, where: str = "") -> dict:
+    """``{leaf key: record}`` of one activation for the metric ``needs`` (``where``: the tap's
+    name, for errors)."""
     x = jax.lax.stop_gradient(x)
     out = {}
     if metrics.MOMENTS in needs:
         out[MOMENTS_KEY] = metrics.record_moments(x)
     if metrics.GRAM in needs:
         out[HI_KEY], out[LO_KEY] = metrics.record_gram(x)
+    if metrics.TOKEN in needs:
+        metrics.check_tokens(x, where, metrics.TOKEN_METRICS)
+        out[TOKEN_HI_KEY], out[TOKEN_LO_KEY] = metrics.record_token_gram(x)
+    if metrics.MAX_ABS in needs:
+        out[MAX_ABS_KEY] = metrics.record_max_abs(x)
     if metrics.PAIR in needs:
         both = jax.lax.all_gather(x, pair_axis)
         out[PAIR_KEY] = metrics.correlation(both[0], both[1])
+    return out
+
+
+def record_attention(probs, logits, mask, needs, where: str = "") -> dict:
+    """``{leaf key: record}`` of one attention tap: ``probs [..., Tq, Tk]``, the scaled scores
+    ``logits`` before masking (or None) and ``mask`` (True where a key may be attended to,
+    broadcastable to ``probs``; None: every key with a nonzero probability)."""
+    out = {}
+    if metrics.ATTENTION in needs:
+        out[ATTENTION_KEY] = metrics.record_attention(probs, mask)
+    if metrics.ATTENTION_LOGITS in needs:
+        if logits is None:
+            raise ValueError(f"metrics=: attention_logit_max needs the attention logits, and the "
+                             f"attention tap {where!r} gives only probabilities; pass them: "
+                             "sigprop.tap(self, probs, 'attention', logits=logits, mask=mask)")
+        out[LOGITS_KEY] = metrics.record_attention_logits(logits, mask)
+    return out
+
+
+def weight_grad_norms(grads, stack_axes: int = 0):
+    """Replace every weight (:data:`WEIGHT_NAMES`) of a nested gradient dict by ``{PARAM_KEY:
+    [||g||_F, finite]}`` per layer (a scanned stack's leading layer axes kept), dropping every
+    other leaf: what :func:`collect` gathers into ``param_grad_norm``."""
+    out = {}
+    for key, sub in grads.items():
+        if hasattr(sub, "items"):
+            inner = weight_grad_norms(sub, stack_axes + _is_stack(key))
+            if inner:
+                out[key] = inner
+        elif key in WEIGHT_NAMES:
+            norm = metrics.grad_norm
+            for _ in range(stack_axes):
+                norm = jax.vmap(norm)
+            value = norm(sub)
+            out[PARAM_KEY] = jnp.stack([value, jnp.isfinite(value).astype(jnp.float32)], axis=-1)
     return out
 
 
@@ -133,12 +186,27 @@ def observe_act(module: nn.Module, x):
     if module.is_initializing():
         return x
     needs = {need for need, col in NEED_COLLECTIONS.items()
-             if need != metrics.BRANCH and _recording(module, col)}
+             if need in metrics.ACT_NEEDS | {metrics.PAIR} and _recording(module, col)}
     if needs:
-        for key, value in record_activation(x, needs).items():
-            col = {MOMENTS_KEY: MOMENTS, HI_KEY: GRAM, LO_KEY: GRAM, PAIR_KEY: PAIR}[key]
-            _sow(module, col, key, value)
+        for key, value in record_activation(x, needs, where="/".join(module.path)).items():
+            _sow(module, KEY_COLLECTIONS[key], key, value)
     return x
+
+
+def observe_attention(module: nn.Module, probs, *, logits=None, mask=None):
+    """Record an attention's probabilities ``probs [..., Tq, Tk]`` (``attention_entropy``) and,
+    given, its scaled scores ``logits`` before masking (``attention_logit_max``) under
+    ``module``'s path; ``mask``: True where a key may be attended to (None: the keys with a
+    nonzero probability). Returns ``probs``."""
+    if module.is_initializing():
+        return probs
+    needs = {need for need in (metrics.ATTENTION, metrics.ATTENTION_LOGITS)
+             if _recording(module, NEED_COLLECTIONS[need])}
+    if needs:
+        for key, value in record_attention(probs, logits, mask, needs,
+                                           "/".join(module.path)).items():
+            _sow(module, KEY_COLLECTIONS[key], key, value)
+    return probs
 
 
 def observe_branch(module: nn.Module, x):
@@ -162,17 +230,20 @@ def observe_grad(module: nn.Module, x):
 
 
 KINDS = {"activation": observe_act, "act": observe_act, "gradient": observe_grad,
-          "grad": observe_grad, "branch": observe_branch}
+          "grad": observe_grad, "branch": observe_branch, "attention": observe_attention}
 
 
 class Tap(nn.Module):
-    """A standalone tap: ``Tap('activation', name=...)(x)``, ``Tap('gradient', ...)`` or
-    ``Tap('branch', ...)`` (a residual branch's output, for ``residual_variance``)."""
+    """A standalone tap: ``Tap('activation', name=...)(x)``, ``Tap('gradient', ...)``,
+    ``Tap('branch', ...)`` (a residual branch's output, for ``residual_variance``) or
+    ``Tap('attention', ...)(probs, logits=..., mask=...)``."""
 
     kind: str = "activation"
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, **attention):
+        if self.kind == "attention":
+            return observe_attention(self, x, **attention)
         return KINDS[self.kind](self, x)
 
 
@@ -190,8 +261,8 @@ def _expand(key: str, i: int) -> str:
     return pattern.format(i + int(start or 0))
 
 
-def _is_stack(key: str) -> bool:
-    return "{" in key
+def _is_stack(key) -> bool:
+    return isinstance(key, str) and "{" in key
 
 
 def unstack(tree: Any) -> Any:

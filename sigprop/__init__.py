@@ -20,7 +20,7 @@ from sigprop.backend import devices
 from sigprop.core import engine, objective
 from sigprop.core.results import LayerMetrics
 from sigprop.core.selectors import Taps
-from sigprop.nn import cnn, mlp, normalizers, resnet56, wrn
+from sigprop.nn import cnn, mlp, normalizers, resnet56, transformer, wrn
 from sigprop.sweeps.store import load_sweep
 from sigprop.sweeps.sweep import sweep
 from sigprop.taps import (
@@ -69,6 +69,7 @@ __all__ = [
     "LayerMetrics",
     # models
     "mlp",
+    "transformer",
     "cnn",
     "resnet56",
     "wrn",

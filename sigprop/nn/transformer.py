@@ -1,0 +1,398 @@
+"""Transformer: token, patch or continuous inputs -> ``depth`` attention(+MLP) blocks -> logits.
+
+This module owns the zoo's transformer: its multi-head self-attention (:class:`Attention`), the
+block with its four normalizer placements (pre, post, peri, none), the three input kinds and
+their outputs, and :func:`transformer`, the builder that checks every argument.
+
+Block ``i`` (``block{i:02d}``, more digits past 100 blocks), with ``F`` a sublayer (attention
+``attn``, then the MLP ``mlp``), ``s = branch_scale`` and ``N`` a normalizer acting per token
+(``layout="tokens"``, :mod:`sigprop.nn.normalizers`)::
+
+    pre:   x = x + s F(N(x))              (a final N after the last block)
+    post:  x = N(x + s F(x))
+    peri:  x = x + s N_out(F(N_in(x)))    (a final N after the last block)
+    none:  x = x + s F(x)
+
+``skip=False`` drops the ``x +`` (post: ``x = N(s F(x))``). Normalizers: ``ln1`` (attention's
+input or, post, the stream after it), ``ln2`` (the MLP's), ``ln1_out`` / ``ln2_out`` (peri's
+output norms), ``final_norm``.
+
+Layer names (taps, in call order). Activation taps: ``block03/ln1`` ... (each normalizer's
+output), ``block03`` (the residual stream after the block), ``final_norm``. Attention tap:
+``block03/attn`` (the probabilities, with the pre-mask logits and the causal mask). Gradient
+taps: ``block03/attn`` (the output projection's output) and ``block03/mlp`` (the MLP's output).
+Branch taps (skip=True only): ``block03/attn_branch``, ``block03/mlp_branch`` (``s F(...)``
+before the addition: ``residual_variance``).
+
+Init: the attention and MLP projections are Xavier uniform (Glorot & Bengio 2010;
+``U(+-sqrt(6 / (fan_in + fan_out)))``, the Transformer's setting as studied by Xiong et al. 2020,
+arXiv 2002.04745), attention's ``query``/``key``/``value``/``out`` drawn over the flattened
+``width x width`` matrix as flax's ``DenseGeneral`` does; no biases anywhere but in the classifier
+(so the blocks are exactly ``F`` as written above; a zero-initialized bias would not change
+anything at init). Token embedding ``N(0, 1)`` (flax's ``nn.Embed``); learned positions
+``N(0, 0.02^2)`` (GPT-2, BERT); the patch and continuous input projections LeCun normal
+(variance ``1 / fan_in``, ViT's patch embedding), so the stream enters the blocks at about the
+inputs' variance. The classifier is sigprop's (:func:`sigprop.nn.layers.classifier_init`, zero
+bias). Each block's projections are drawn from ``fold_in(k_i, tag)``, ``k_i`` the ``i``-th of
+``split(make_rng('params'), depth)`` at the model's level: the scanned and the unrolled model
+hold the same params from the same key (normalizer params are constants).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sigprop.nn import normalizers
+from sigprop.nn.common import SCAN_AXES, head
+from sigprop.nn.layers import Activation, Dense, check_activation, classifier_init
+from sigprop.taps import probe
+from sigprop.util.checks import check_positive
+
+PLACEMENTS = ("pre", "post", "peri", "none")
+NORMS = tuple(n for n in normalizers.names() if n not in (
+    "weightnorm", "sws", "prelayernorm", "preregnorm", "evonorm_s0", "evonorm_b0"))
+"""The registered normalizers a transformer takes: those acting on activations alone, per token
+(the weight reparametrizations, the input-centering pair and EvoNorm's activation replacements
+are not a per-token normalizer slot)."""
+DEFAULT_CLASSES = 10
+DEFAULT_MAX_LEN = 1024
+
+xavier_uniform = nn.initializers.xavier_uniform()
+lecun_normal = nn.initializers.variance_scaling(1.0, "fan_in", "normal")  # untruncated
+embed_init = nn.initializers.normal(1.0)
+pos_init = nn.initializers.normal(0.02)
+
+# fold_in tags of a block's projections (see the module docstring: scan and loop draw the same)
+_QUERY, _KEY, _VALUE, _OUT, _FC1, _FC2 = range(6)
+
+
+def block_pattern(depth: int) -> str:
+    """``block{:02d}`` (more digits past 100 blocks)."""
+    return f"block{{:0{max(2, len(str(depth - 1)))}d}}"
+
+
+def _keyed(init: Callable, key, tag: int) -> Callable:
+    """``init`` drawing from ``fold_in(key, tag)`` instead of the module's own RNG (``key`` None:
+    ``init`` unchanged, e.g. in apply, where nothing is drawn)."""
+    if key is None:
+        return init
+    return lambda _rng, shape, dtype=jnp.float32: init(jax.random.fold_in(key, tag), shape, dtype)
+
+
+def _split(key, n: int):
+    return (None,) * n if key is None else tuple(jax.random.split(key, n))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention, ``[B, T, D] -> [B, T, D]``, without biases.
+
+    ``q, k, v = x W_query, x W_key, x W_value`` (each ``[B, T, heads, D / heads]``, flax's
+    ``DenseGeneral`` naming ``query``, ``key``, ``value``), per head
+    ``logits = q k^T / sqrt(D / heads)`` ``[B, heads, T, T]``; ``causal``: key ``j`` is masked
+    for query ``i < j``; ``probs = softmax(logits)`` over keys with masked entries exactly 0;
+    output ``(probs v) W_out`` (``out``, back to ``D``). Taps: the attention tap on ``probs``
+    (with ``logits`` before masking and the mask) and the gradient tap on the output, both under
+    this module's name. Vaswani et al. 2017, arXiv 1706.03762.
+    """
+
+    heads: int
+    causal: bool = True
+
+    @nn.compact
+    def __call__(self, x, key=None):
+        d = x.shape[-1]
+        dh = d // self.heads
+
+        def project(name, tag):
+            return nn.DenseGeneral((self.heads, dh), use_bias=False, name=name,
+                                   kernel_init=_keyed(xavier_uniform, key, tag))(x)
+
+        q, k, v = project("query", _QUERY), project("key", _KEY), project("value", _VALUE)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (1.0 / math.sqrt(dh))
+        mask = None
+        masked = logits
+        if self.causal:
+            t = x.shape[-2]
+            mask = jnp.tril(jnp.ones((t, t), bool)).reshape(1, 1, t, t)
+            masked = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+        probs = jax.nn.softmax(masked, axis=-1)  # exp(finfo.min - max) underflows to exactly 0
+        probs = probe.observe_attention(self, probs, logits=logits, mask=mask)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+        y = nn.DenseGeneral(d, axis=(-2, -1), use_bias=False, name="out",
+                            kernel_init=_keyed(xavier_uniform, key, _OUT))(out)
+        return probe.observe_grad(self, y)
+
+
+class _MLP(nn.Module):
+    """``activation(x W_fc1) W_fc2``, hidden width ``hidden``, no biases; gradient tap on the
+    output under this module's name."""
+
+    hidden: int
+    activation: Any = "gelu"
+
+    @nn.compact
+    def __call__(self, x, key=None):
+        h = Dense(self.hidden, kernel_init=_keyed(xavier_uniform, key, _FC1), name="fc1")(x)
+        h = Activation(self.activation)(h)
+        y = Dense(x.shape[-1], kernel_init=_keyed(xavier_uniform, key, _FC2), name="fc2")(h)
+        return probe.observe_grad(self, y)
+
+
+class _Norm(nn.Module):
+    """A normalizer (its params directly under this module's name) whose output is an activation
+    tap under that name. ``layout``: passed to a registered normalizer; None for a user's
+    factory, which is called without it."""
+
+    spec: normalizers.NormSpec
+    layout: str | None = "tokens"
+
+    @nn.compact
+    def __call__(self, x):
+        norm = self.spec.module(layout=self.layout) if self.layout else self.spec.module()
+        nn.share_scope(self, norm)
+        return probe.observe_act(self, norm(x))
+
+
+class _Block(nn.Module):
+    """One block: attention, then (unless ``attention_only``) the MLP, each placed as
+    ``placement`` says (module docstring); the activation tap on the result carries the block's
+    name."""
+
+    heads: int
+    spec: normalizers.NormSpec
+    norm_layout: str | None
+    placement: str = "pre"
+    mlp_ratio: int = 4
+    causal: bool = True
+    skip: bool = True
+    attention_only: bool = False
+    branch_scale: float = 1.0
+    activation: Any = "gelu"
+
+    @nn.compact
+    def __call__(self, x, key=None):
+        k_attn, k_mlp = _split(key, 2)
+        attn = Attention(self.heads, self.causal, name="attn")
+        x = _sublayer(self, x, "attn", "ln1", lambda h: attn(h, k_attn))
+        if not self.attention_only:
+            mlp = _MLP(self.mlp_ratio * x.shape[-1], self.activation, name="mlp")
+            x = _sublayer(self, x, "mlp", "ln2", lambda h: mlp(h, k_mlp))
+        return probe.observe_act(self, x)
+
+
+def _sublayer(block: _Block, x, name: str, ln: str, f: Callable):
+    """One residual sublayer ``f`` of ``block`` as its placement says (module docstring). A
+    function, not a method: flax would count a method's return as the block's call exit, which
+    orders the block's own activation tap."""
+    p = block.placement
+
+    def norm(name, h):
+        return _Norm(block.spec, block.norm_layout, name=name, parent=block)(h)
+
+    if p == "pre":
+        y = f(norm(ln, x))
+    elif p == "peri":
+        y = norm(f"{ln}_out", f(norm(ln, x)))
+    else:
+        y = f(x)
+    if block.branch_scale != 1.0:
+        y = block.branch_scale * y
+    if block.skip:
+        x = x + probe.Tap("branch", name=f"{name}_branch", parent=block)(y)
+    else:
+        x = y
+    return norm(ln, x) if p == "post" else x
+
+
+def _run_scan(block: _Block, x, keys, length: int):
+    """``block`` (named by :func:`sigprop.probe.scan_name`) applied ``length`` times as one
+    ``nn.scan`` stack, layer ``i`` getting ``keys[i]`` (None in apply)."""
+    scanned = nn.scan(lambda mdl, carry, key: (mdl(carry, key), None), variable_axes=SCAN_AXES,
+                      split_rngs={"params": True}, length=length)
+    y, _ = scanned(block, x, keys)
+    return y
+
+
+class Transformer(nn.Module):
+    """A transformer of ``depth`` blocks of ``width`` (see the module docstring and
+    :func:`transformer`). Built by :func:`transformer`, which checks the arguments."""
+
+    depth: int
+    width: int
+    heads: int
+    spec: normalizers.NormSpec
+    norm_layout: str | None = "tokens"
+    placement: str = "pre"
+    mlp_ratio: int = 4
+    causal: bool = True
+    vocab: int | None = None
+    patch: int | None = None
+    skip: bool = True
+    attention_only: bool = False
+    branch_scale: float = 1.0
+    n_classes: int = DEFAULT_CLASSES
+    activation: Any = "gelu"
+    max_len: int = DEFAULT_MAX_LEN
+    scan: bool = True
+
+    @property
+    def kind(self) -> str:
+        return "tokens" if self.vocab else "patches" if self.patch else "continuous"
+
+    def check_inputs(self, shape) -> None:
+        shape = tuple(shape)
+        expected = {"tokens": "token ids [batch, seq_len]",
+                    "patches": "images [batch, height, width, channels]",
+                    "continuous": "tokens [batch, seq_len, features]"}[self.kind]
+        rank = {"tokens": 2, "patches": 4, "continuous": 3}[self.kind]
+        if len(shape) != rank:
+            raise ValueError(f"inputs: this transformer ({self.kind}) expects {expected}; got "
+                             f"shape {shape}")
+        if min(shape) < 1:
+            raise ValueError(f"inputs: every dimension must be >= 1; got shape {shape}")
+        if self.vocab and shape[1] > self.max_len:
+            raise ValueError(f"inputs: sequence length {shape[1]} exceeds max_len={self.max_len}")
+        if self.patch and (shape[1] % self.patch or shape[2] % self.patch):
+            raise ValueError(f"inputs: patch={self.patch} must divide the image height and width; "
+                             f"got shape {shape}")
+
+    def _embed(self, x):
+        if self.vocab:
+            if not jnp.issubdtype(x.dtype, jnp.integer):
+                raise ValueError(f"inputs: vocab={self.vocab} takes integer token ids; got dtype "
+                                 f"{x.dtype}")
+            h = nn.Embed(self.vocab, self.width, embedding_init=embed_init, name="embed")(x)
+            t = x.shape[1]
+            pos = self.param("pos_embed", pos_init, (self.max_len, self.width), jnp.float32)
+            return h + pos[:t].reshape(1, t, self.width)
+        if self.patch:
+            b, hh, ww, c = x.shape
+            p = self.patch
+            x = x.reshape(b, hh // p, p, ww // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+            x = x.reshape(b, (hh // p) * (ww // p), p * p * c)
+            h = Dense(self.width, kernel_init=lecun_normal, name="patch_embed")(x)
+            pos = self.param("pos_embed", pos_init, h.shape[1:], jnp.float32)
+            return h + pos.reshape(1, *h.shape[1:])
+        return Dense(self.width, kernel_init=lecun_normal, name="input_proj")(x)
+
+    @nn.compact
+    def __call__(self, x):
+        self.check_inputs(x.shape)
+        x = self._embed(x)
+        kw = {"heads": self.heads, "spec": self.spec, "norm_layout": self.norm_layout,
+              "placement": self.placement, "mlp_ratio": self.mlp_ratio, "causal": self.causal,
+              "skip": self.skip, "attention_only": self.attention_only,
+              "branch_scale": self.branch_scale, "activation": self.activation}
+        keys = (jax.random.split(self.make_rng("params"), self.depth)
+                if self.is_initializing() else None)
+        pat = block_pattern(self.depth)
+        if self.scan and self.depth > 1:
+            x = _run_scan(_Block(**kw, name=probe.scan_name(pat, 0)), x, keys, self.depth)
+        else:
+            for i in range(self.depth):
+                x = _Block(**kw, name=pat.format(i))(x, None if keys is None else keys[i])
+        if self.placement in ("pre", "peri"):
+            x = _Norm(self.spec, self.norm_layout, name="final_norm")(x)
+        if self.patch:
+            return head(x, self.n_classes)  # mean over the tokens, then the classifier
+        return Dense(self.vocab or self.n_classes, use_bias=True, kernel_init=classifier_init,
+                     name="classifier")(x)
+
+
+def _check_norm(norm, norm_options: dict) -> tuple[normalizers.NormSpec, str | None]:
+    """The normalizer's spec and the layout it is built with (None for a user's factory)."""
+    allowed = ", ".join(NORMS)
+    if isinstance(norm, str):
+        if norm.lower() not in NORMS:
+            raise ValueError(f"norm={norm!r} is not a per-token activation normalizer; allowed: "
+                             f"{allowed}, or a module factory")
+        return normalizers.spec(norm, **norm_options), "tokens"
+    if isinstance(norm, normalizers.NormSpec):
+        registered = (norm.name in normalizers.names()
+                      and normalizers.spec(norm.name).factory is norm.factory)
+        if registered and norm.name not in NORMS:
+            raise ValueError(f"norm={norm.name!r} is not a per-token activation normalizer; "
+                             f"allowed: {allowed}, or a module factory")
+        return norm, "tokens" if registered else None
+    if callable(norm):
+        return normalizers.spec(norm, **norm_options), None
+    raise ValueError(f"norm={norm!r}; allowed: {allowed}, or a module factory")
+
+
+def transformer(depth: int, width: int, heads: int, *, placement: str = "pre",
+                norm="layernorm", mlp_ratio: int = 4, causal: bool = True,
+                vocab: int | None = None, patch: int | None = None, skip: bool = True,
+                attention_only: bool = False, branch_scale: float | None = None,
+                n_classes: int | None = None, activation="gelu", scan: bool = True,
+                max_len: int = DEFAULT_MAX_LEN, **norm_options) -> Transformer:
+    """A transformer of ``depth`` blocks of ``width`` with ``heads`` attention heads.
+
+    Block (``s = branch_scale``, ``N`` = ``norm`` per token): ``pre`` ``x + s F(N(x))``;
+    ``post`` ``N(x + s F(x))``; ``peri`` ``x + s N_out(F(N_in(x)))``; ``none`` ``x + s F(x)``;
+    ``F`` attention, then the MLP ``activation(x W_1) W_2``. Layer names, init: the module
+    docstring.
+
+    Inputs and outputs (one of three):
+      - ``vocab=V``: integer token ids ``[B, T]`` (``T <= max_len``) -> embedding + learned
+        positions -> blocks -> next-token logits ``[B, T, V]`` (causal by default).
+      - ``patch=p``: images ``[B, H, W, C]`` (``p`` divides ``H`` and ``W``) -> non-overlapping
+        ``p x p`` patches, a dense projection + learned positions -> blocks -> mean over the
+        tokens -> classifier ``[B, n_classes]``.
+      - neither: continuous tokens ``[B, T, D_in]`` -> a dense projection (no positions) ->
+        blocks -> per-token logits ``[B, T, n_classes]``.
+
+    Args:
+      depth: blocks (>= 1). width: the residual stream's width. heads: attention heads (divides
+        ``width``).
+      placement: ``pre``, ``post``, ``peri`` or ``none`` (no normalizer at all).
+      norm: a per-token activation normalizer's name (:data:`NORMS`) or a module factory (called
+        without ``layout``; it must normalize ``[B, T, D]`` as you mean it).
+      mlp_ratio: the MLP's hidden width over ``width``. causal: mask future keys.
+      skip: the residual additions (``False`` drops them). attention_only: no MLP sublayers.
+      branch_scale: ``s`` multiplying every residual branch (None: 1).
+      n_classes: outputs of the patch and continuous models (None: 10); a ``vocab`` model
+        predicts tokens and takes none.
+      activation: the MLP's (default exact GELU); the normalizer's pairing (FRN's TLU) is not
+        applied. scan: run the blocks as one ``nn.scan`` stack (same names and params as the
+        unrolled loop). max_len: the longest sequence a ``vocab`` model takes.
+      **norm_options: passed to the normalizer (e.g. ``group_size=4``).
+    """
+    check_positive(depth=depth, width=width, heads=heads, mlp_ratio=mlp_ratio, max_len=max_len)
+    if width % heads:
+        raise ValueError(f"heads={heads} must divide width={width}")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement={placement!r}; allowed: {', '.join(PLACEMENTS)}")
+    if vocab is not None and patch is not None:
+        raise ValueError("pass at most one of vocab= (token ids) and patch= (images)")
+    if vocab is not None:
+        check_positive(vocab=vocab)
+        if n_classes is not None:
+            raise ValueError(f"n_classes={n_classes}: a vocab model predicts the next token "
+                             f"(logits [B, T, vocab]); leave n_classes unset")
+    if patch is not None:
+        check_positive(patch=patch)
+    n_classes = DEFAULT_CLASSES if n_classes is None else n_classes
+    check_positive(n_classes=n_classes)
+    if branch_scale is None:
+        branch_scale = 1.0
+    if isinstance(branch_scale, bool) or not isinstance(branch_scale, (int, float)) \
+            or not math.isfinite(branch_scale):
+        raise ValueError(f"branch_scale={branch_scale!r} must be None or a finite number")
+    for name, flag in (("causal", causal), ("skip", skip), ("attention_only", attention_only),
+                       ("scan", scan)):
+        if flag not in (True, False):
+            raise ValueError(f"{name}={flag!r}: expected True or False")
+    spec, layout = _check_norm(norm, norm_options)
+    spec.check_width(width)
+    return Transformer(depth=depth, width=width, heads=heads, spec=spec, norm_layout=layout,
+                       placement=placement, mlp_ratio=mlp_ratio, causal=bool(causal),
+                       vocab=vocab, patch=patch, skip=bool(skip),
+                       attention_only=bool(attention_only), branch_scale=float(branch_scale),
+                       n_classes=n_classes, activation=check_activation(activation),
+                       max_len=max_len, scan=bool(scan))

@@ -314,6 +314,10 @@ def test_cli_analyze_transformer(capsys, tmp_path):
     res = sigprop.LayerMetrics.load(out)
     assert list(res.layer_names) == _NAMES["post"]
     assert np.asarray(res.cosine_similarity).shape == (2, len(_NAMES["post"]))
+    # a transformer's default adds the token, attention and parameter-gradient metrics
+    assert "final token_cosine_similarity" in text and "final param_grad_norm" in text
+    assert res.attention_layer_names == ("block00/attn", "block01/attn")
+    assert res.param_layer_names[-1] == "classifier"
 
     rc = cli.main(["analyze", "--model", "transformer", "--heads", "3", "--width", "16"])
     assert rc == 2 and "heads=3 must divide width=16" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sigprop import metrics as registry
 from sigprop.analyses.analyze import analyze
 from sigprop.cli.common import add_model_args, build_model, input_shape
 
@@ -17,13 +18,23 @@ def register(sub) -> None:
     a.add_argument("--seeds", type=int, default=3)
     a.add_argument("--key", type=int, default=0)
     a.add_argument("--out", default=None, help="save the LayerMetrics to this .npz")
+    a.add_argument("--metrics", default=None,
+                   help="comma-separated metric names (sigprop.metrics.names()); default: the "
+                        "default set, and for --model transformer also every token, attention "
+                        "and parameter-gradient metric")
     a.set_defaults(run=run)
 
 
 def run(args) -> int:
     model = build_model(args)
     shape = input_shape(args)
-    res = analyze(model, shape, seeds=args.seeds, key=args.key)
+    if args.metrics:
+        wanted = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    elif args.model == "transformer":
+        wanted = registry.DEFAULT_METRICS + registry.TRANSFORMER_METRICS
+    else:
+        wanted = None
+    res = analyze(model, shape, seeds=args.seeds, key=args.key, metrics=wanted)
     print(f"{type(model).__name__} norm={args.norm} inputs={shape} seeds={args.seeds}")
     for metric in res.metric_names:
         v = np.asarray(res[metric])[:, -1]

@@ -185,6 +185,7 @@ def _load_all() -> None:
         beyond_batchnorm,
         closed_forms,
         training,
+        transformers,
         unique,
     )
 

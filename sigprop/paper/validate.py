@@ -1,9 +1,10 @@
 """``sigprop validate``: the papers' claims and closed forms, re-run as experiments.
 
-Each claim of ``science.md`` (1-8 and 12 from [BB] and [U], 9-11 closed forms) is an experiment
+Each claim of ``science.md`` (1-8 and 12 from [BB] and [U], 9-11 closed forms, 13-14 transformers:
+:mod:`sigprop.paper.transformer_claims`) is an experiment
 and a criterion fixed in advance, stated in the claim's ``expected`` text. A claim that fails
 is reported as failed, with its numbers. Deterministic criteria give ``pass`` or ``fail``; the
-statistical claims (7, 8, 12) also ``inconclusive``, with their statistic, one-sided
+statistical claims (7, 8, 12, 13, 14) also ``inconclusive``, with their statistic, one-sided
 permutation p-value and 95% bootstrap interval (:mod:`sigprop.util.stats`): ``pass`` needs
 p < 0.05 in the predicted direction, ``fail`` p < 0.05 in the opposite one.
 
@@ -28,7 +29,7 @@ from sigprop.paper.experiments import beyond_batchnorm as bb
 from sigprop.util import stats
 from sigprop.util.progress import Progress
 
-CLAIMS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
+CLAIMS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14)
 VERDICTS = ("pass", "fail", "inconclusive")
 
 
@@ -463,6 +464,18 @@ def claim12(d: Data) -> ClaimResult:
         ci=f["ci"])
 
 
+def claim13(d: Data) -> ClaimResult:
+    from sigprop.paper import transformer_claims  # it imports ClaimResult from here
+
+    return transformer_claims.claim13(d)
+
+
+def claim14(d: Data) -> ClaimResult:
+    from sigprop.paper import transformer_claims
+
+    return transformer_claims.claim14(d)
+
+
 # experiments validate --quick leaves out (the claim gets None): WRN-26-2's Hessian through
 # training is hours on a 2-core CPU, and even a WRN-8-1 version minutes of compiling
 FULL_ONLY = frozenset({"hessian_wrn"})
@@ -473,7 +486,8 @@ CLAIM_EXPERIMENTS = {1: (("resnet_variance",), claim1), 2: (("cnn_groupnorm",), 
                      5: (("similar_batches",), claim5), 6: (("similar_batches",), claim6),
                      7: (("wrn",), claim7), 8: (("hessian_wrn", "hessian_training"), claim8),
                      9: (("closed_forms",), claim9), 10: (("closed_forms",), claim10),
-                     11: (("resnet_variance",), claim11), 12: (("bb_figure1",), claim12)}
+                     11: (("resnet_variance",), claim11), 12: (("bb_figure1",), claim12),
+                     13: (("xiong_gradients",), claim13), 14: (("token_collapse",), claim14)}
 
 
 def validate(quick: bool = True, claims=CLAIMS, progress: bool = True) -> list[ClaimResult]:

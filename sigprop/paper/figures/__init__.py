@@ -107,7 +107,7 @@ def get(name: str) -> Figure:
 
 
 def _load_all() -> None:
-    from sigprop.paper.figures import plots, training_plots  # noqa: F401
+    from sigprop.paper.figures import plots, training_plots, transformer_plots  # noqa: F401
 
 
 def default_out(quick: bool) -> str:

@@ -2,7 +2,7 @@
 titles say only what the committed full-size data shows.
 
 Owns one test per figure (resnet_variance, cnn_cosine, groupnorm_rank, cnn_gradients, u_figure1,
-u_figure2, closed_forms, brock_spp, coord_check; the training figures' tests go in the marked
+u_figure2, closed_forms, brock_spp, coord_check, xiong_gradients, token_collapse; the training figures' tests go in the marked
 place at the end). Each test reads ``figures/data/<name>.npz`` (mode ``full``), measures nothing,
 and asserts, from the arrays with numpy, every statement the figure's README row and titles make
 (orders, growth, slopes, "exponential", "at most linear"), with the thresholds of the
@@ -309,6 +309,84 @@ def test_coord_check():
     layer03 = list(d["coord/layers"]).index("layer03")
     assert rms[0, -1, layer03] == pytest.approx(1.22, abs=0.01)
     assert rms[-1, -1, layer03] == pytest.approx(0.19, abs=0.01)
+
+
+# ------------------------------------------------------------------ transformers, claims 13, 14
+
+
+def _sign_flip_p(d_i) -> float:
+    """One-sided exact sign-flip p of mean(d_i) > 0: all 2^n flips (n = 16: 65,536)."""
+    n = len(d_i)
+    flips = 1.0 - 2.0 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
+    return float(np.mean(flips @ d_i >= d_i.sum() - 1e-12))
+
+
+def test_xiong_gradients():
+    """Claim 13 on README bytes (16 windows of 128, width 256, depth 6, 16 seeds): Post-LN's fc2
+    gradient norm falls slightly toward the output (slope -0.024 per block, 13 of 16 seeds, a
+    fall at sign-flip p = 0.008), Pre-LN's falls to 0.50 of block 1's along the fit; Post-LN's
+    slope above Pre-LN's in every seed; claim 13 fails."""
+    from sigprop.paper import transformer_claims as tc
+
+    d = load("xiong_gradients")
+    s = d.sizes
+    assert "README bytes" in title("xiong_gradients") and "README bytes" in d.meta["inputs"]
+    assert (s.depth, s.width, s.seq_len, s.batch, s.seeds) == (6, 256, 128, 16, 16)
+    slopes = {}
+    for p in ("post", "pre"):
+        run = d.run(p)
+        idx = [i for i, n in enumerate(run.param_layer_names) if str(n).endswith("/mlp/fc2")]
+        g = np.asarray(run.param_grad_norm, float)[:, idx]
+        assert g.shape == (16, 6)
+        slopes[p] = np.polyfit(np.arange(6), np.log(g).T, 1)[0]
+    post, pre = slopes["post"], slopes["pre"]
+    row = _row("xiong_gradients")
+    assert f"mean log slope {post.mean():.3f} per block" in row
+    assert f"{int(np.sum(post < 0))} of 16 seeds negative" in row
+    p_fall = _sign_flip_p(-post)
+    assert p_fall < 0.05 and f"p = {p_fall:.3f}" in row, p_fall
+    assert f"to {np.exp(5 * pre.mean()):.2f} of the first block's" in row
+    assert f"slope {pre.mean():.3f}" in row
+    assert np.all(post > pre) and "above Pre-LN's in every seed" in row
+    assert tc.claim13(d).verdict == "fail" and "Claim 13 fails" in row
+
+
+def test_token_collapse():
+    """Claim 14 on N(0, 1) tokens: (a) without skips the residual ratio falls 0.79, 0.022,
+    2.7e-7 over three blocks, then float32 rounding; with skips to 0.21 of block 1's (median),
+    below 0.5: part A fails; (b) Pre-LN's last-block cosine rises with depth, 1/sqrt(depth)
+    keeps it at 0.07; claim 14 fails on part A, B1 and B2 pass."""
+    from sigprop.paper import transformer_claims as tc
+
+    d = load("token_collapse")
+    assert "N(0, 1) tokens" in d.meta["inputs"]
+    assert "pure attention with and without skips" in title("token_collapse")
+    row = _row("token_collapse")
+
+    def ratios(k):
+        run = d.run(f"attention/{k}")
+        idx = run.index(lambda n: n.startswith("block") and "/" not in n)
+        return np.asarray(run.token_residual_ratio, float)[:, idx]
+
+    noskip, skip = ratios("noskip"), ratios("skip")
+    first3 = noskip.mean(axis=0)[:3]
+    assert np.all(np.diff(np.log(first3)) < 0)
+    assert f"{first3[0]:.2f}, {first3[1]:.3f}, {first3[2]:.1e}" in row, first3
+    assert np.all(noskip[:, 3:] < 1e-6)  # the rest sits at float32 rounding
+    median_skip = float(np.median(skip[:, -1] / skip[:, 0]))
+    assert median_skip < 0.5 and f"to {median_skip:.2f} of block 1's" in row
+    depths = list(d.sizes.depths)
+    cos = {k: [d.run(f"pre/{n}/{k}").token_cosine_similarity[:, -2] for n in depths]
+           for k in ("unscaled", "scaled")}  # the last block's stream, before final_norm
+    assert d.run("pre/4/unscaled").layer_names[-2:] == ("block03", "final_norm")
+    means = [float(np.mean(c)) for c in cos["unscaled"]]
+    assert np.all(np.diff(means) > 0)
+    assert ", ".join(f"{m:.2f}" for m in means) + " at depths 4, 16, 64, 128" in row
+    assert all(f"{np.mean(c):.2f}" == "0.07" for c in cos["scaled"]) and "at 0.07" in row
+    assert np.all(cos["scaled"][-1] < cos["unscaled"][-1])
+    r = tc.claim14(d)
+    assert r.measured["parts"] == {"A": "fail", "B1": "pass", "B2": "pass"}
+    assert f"rho {r.statistic['B1_rho']:.2f}" in row and "Claim 14 fails on part A" in row
 
 
 # ======================================================================================== #

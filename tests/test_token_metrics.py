@@ -358,3 +358,25 @@ def test_token_metrics_through_train_records():
     for m in wanted:
         assert res[m].shape[0] == 1 and res[m].shape[1] == 2  # [seed, record, layer]
         assert np.all(np.isfinite(res[m]))
+
+
+def test_param_grad_norm_on_the_transformer_zoo():
+    """The scanned zoo transformer: every weight's ||dL/dW|| equals jax.grad's (unstacked)."""
+    model = sigprop.transformer(2, 16, 2, placement="post", vocab=11)
+    ids = np.random.default_rng(3).integers(0, 11, size=(3, 6))
+    variables = model.init(jax.random.key(2), ids)
+    res = sigprop.analyze(model, inputs=ids, variables=variables,
+                          metrics=("param_grad_norm",), loss=mse_loss)
+    grads = sigprop.probe.unstack(jax.grad(
+        lambda p: mse_loss(model.apply({"params": p}, ids), None))(variables["params"]))
+
+    def weight(tree, path):
+        for k in path.split("/"):
+            tree = tree[k]
+        return tree["kernel"] if "kernel" in tree else tree["embedding"]
+
+    assert res.param_layer_names[:2] == ("embed", "block00/attn/query")
+    assert res.param_layer_names[-1] == "head" or res.param_layer_names[-1] == "classifier"
+    want = [np.linalg.norm(np.asarray(weight(grads, n), np.float64))
+            for n in res.param_layer_names]
+    close(res["param_grad_norm"][0], np.array(want), rtol=1e-4)

@@ -7,7 +7,8 @@ as one ``.npz`` (no pickle), so a figure re-plots without measuring. A claim
 figure and the claim it illustrates can never disagree.
 
 ``Data`` keys: ``"<run>/<metric>"`` for a run's ``[seeds, layers]`` metric arrays,
-``"<run>/layer_names"`` (and ``grad_layer_names``, ``branch_layer_names``) for its layer names,
+``"<run>/layer_names"`` (and ``grad_layer_names``, ``branch_layer_names``, and where a run has
+them ``attention_layer_names``, ``param_layer_names``) for its layer names,
 and experiment-level arrays (e.g. ``"theory/..."``) under their own names.
 """
 
@@ -28,6 +29,8 @@ from sigprop.util.cache import BoundedDict
 
 FORMAT = "sigprop.experiment/1"
 _NAME_FIELDS = ("layer_names", "grad_layer_names", "branch_layer_names")
+# the transformer axes' names: written only where a run has them (older data stays as it was)
+_OPTIONAL_NAME_FIELDS = ("attention_layer_names", "param_layer_names")
 
 
 class Run:
@@ -43,7 +46,8 @@ class Run:
             raise AttributeError(f"run {self.label!r} has no {name!r}; it has "
                                  f"{', '.join(self._data.fields(self.label))}")
         value = self._data[key]
-        return tuple(str(s) for s in value) if name in _NAME_FIELDS else value
+        return tuple(str(s) for s in value) if name in _NAME_FIELDS + _OPTIONAL_NAME_FIELDS \
+            else value
 
     def mean(self, metric: str) -> np.ndarray:
         return np.asarray(getattr(self, metric), dtype=float).mean(axis=0)
@@ -119,6 +123,9 @@ class Runner:
             self.arrays[f"{label}/{name}"] = np.asarray(res[name])
         for field in _NAME_FIELDS:
             self.arrays[f"{label}/{field}"] = np.array(getattr(res, field), dtype=str)
+        for field in _OPTIONAL_NAME_FIELDS:
+            if getattr(res, field):
+                self.arrays[f"{label}/{field}"] = np.array(getattr(res, field), dtype=str)
         if self.progress is not None:
             self.progress.advance(label)
         return res

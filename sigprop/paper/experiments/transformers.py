@@ -70,8 +70,7 @@ def _xiong_measure(r) -> None:
     loss = next_byte_loss(tokens)
     for placement in PLACEMENTS:
         model = models.transformer(s.depth, s.width, s.heads, placement=placement, vocab=VOCAB)
-        res = r.analyze(placement, model, tokens, metrics=("param_grad_norm",), loss=loss)
-        r.put(f"{placement}/param_layer_names", np.array(res.param_layer_names, dtype=str))
+        r.analyze(placement, model, tokens, metrics=("param_grad_norm",), loss=loss)
 
 
 XIONG = register(Experiment(

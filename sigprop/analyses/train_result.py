@@ -17,6 +17,7 @@ import numpy as np
 
 from sigprop import metrics as _metrics
 from sigprop.core.results import (
+    LayerAxes,
     LayerMetrics,
     NamedArrays,
     axis_of,
@@ -55,7 +56,7 @@ def _layer_axis(name: str) -> str | None:
 
 
 @jax.tree_util.register_pytree_node_class
-class TrainResult(NamedArrays):
+class TrainResult(LayerAxes, NamedArrays):
     """Records of one training run (see the module doc): ``res["train_loss"]``,
     ``res.cosine_similarity``, ``res.step``, ``res.at(step)``.
 
@@ -92,18 +93,6 @@ class TrainResult(NamedArrays):
     @property
     def meta(self) -> dict:
         return dict(self.config)
-
-    @property
-    def layer_names(self) -> tuple[str, ...]:
-        return self.coords.get(_metrics.LAYER, ())
-
-    @property
-    def grad_layer_names(self) -> tuple[str, ...]:
-        return self.coords.get(_metrics.GRAD_LAYER, ())
-
-    @property
-    def branch_layer_names(self) -> tuple[str, ...]:
-        return self.coords.get(_metrics.BRANCH_LAYER, ())
 
     @property
     def metric_names(self) -> tuple[str, ...]:

@@ -88,8 +88,36 @@ class NamedArrays(Mapping):
                              f"{', '.join(arrays)}")
 
 
+class LayerAxes:
+    """The layer names of each layer axis, from ``coords``: ``layer_names`` (activation taps),
+    ``grad_layer_names`` (gradient taps), ``branch_layer_names`` (residual branches),
+    ``attention_layer_names`` (attention taps) and ``param_layer_names`` (weights)."""
+
+    coords: dict
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return self.coords.get(_metrics.LAYER, ())
+
+    @property
+    def grad_layer_names(self) -> tuple[str, ...]:
+        return self.coords.get(_metrics.GRAD_LAYER, ())
+
+    @property
+    def branch_layer_names(self) -> tuple[str, ...]:
+        return self.coords.get(_metrics.BRANCH_LAYER, ())
+
+    @property
+    def attention_layer_names(self) -> tuple[str, ...]:
+        return self.coords.get(_metrics.ATTENTION_LAYER, ())
+
+    @property
+    def param_layer_names(self) -> tuple[str, ...]:
+        return self.coords.get(_metrics.PARAM_LAYER, ())
+
+
 @jax.tree_util.register_pytree_node_class
-class LayerMetrics(NamedArrays):
+class LayerMetrics(LayerAxes, NamedArrays):
     """Layerwise metrics of one analysis: ``{name: array}`` with named axes.
 
     Every array is ``[..., seed, <layer axis>]``: ``layer`` (activation taps, names in
@@ -114,26 +142,6 @@ class LayerMetrics(NamedArrays):
         """The axis names of ``name``'s array: ``(grid0, ..., "seed", <layer axis>)``."""
         nd = np.ndim(self[name])
         return tuple(f"grid{i}" for i in range(nd - 2)) + ("seed", axis_of(name))
-
-    @property
-    def layer_names(self) -> tuple[str, ...]:
-        return self.coords.get(_metrics.LAYER, ())
-
-    @property
-    def grad_layer_names(self) -> tuple[str, ...]:
-        return self.coords.get(_metrics.GRAD_LAYER, ())
-
-    @property
-    def branch_layer_names(self) -> tuple[str, ...]:
-        return self.coords.get(_metrics.BRANCH_LAYER, ())
-
-    @property
-    def attention_layer_names(self) -> tuple[str, ...]:
-        return self.coords.get(_metrics.ATTENTION_LAYER, ())
-
-    @property
-    def param_layer_names(self) -> tuple[str, ...]:
-        return self.coords.get(_metrics.PARAM_LAYER, ())
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -274,7 +282,7 @@ def equal(a, b) -> bool:
     return all(np.array_equal(np.asarray(a[k]), np.asarray(b[k]), equal_nan=True) for k in a)
 
 
-__all__ = ["LayerMetrics", "equal", "axis_of", "from_arrays"]
+__all__ = ["LayerMetrics", "LayerAxes", "equal", "axis_of", "from_arrays"]
 
 
 def from_arrays(acts, grads, layer_names, grad_layer_names, config: dict) -> LayerMetrics:

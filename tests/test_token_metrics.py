@@ -380,3 +380,11 @@ def test_param_grad_norm_on_the_transformer_zoo():
     want = [np.linalg.norm(np.asarray(weight(grads, n), np.float64))
             for n in res.param_layer_names]
     close(res["param_grad_norm"][0], np.array(want), rtol=1e-4)
+
+
+def test_layer_names_lists_attention_and_weights(tokens):
+    names = sigprop.layer_names(PreLN(), tokens)
+    assert names["attention_layer"] == ("attn",)
+    assert names["param_layer"] == ("attn/query", "attn/key", "attn/value", "attn/out", "fc1",
+                                     "fc2", "head")
+    assert sigprop.layer_names(sigprop.mlp(2, 8), (2, 8))["attention_layer"] == ()

@@ -106,21 +106,26 @@ def warn_nonfinite(result: LayerMetrics) -> None:
 
 
 def layer_names(model, inputs, *, taps: Taps | None = None, apply_kwargs=None) -> dict:
-    """``{"layer": names, "grad_layer": names, "branch_layer": names}`` that ``analyze`` would
-    report for ``model`` (traced abstractly; nothing is computed)."""
+    """``{"layer": names, "grad_layer": names, "branch_layer": names, "attention_layer": names,
+    "param_layer": names}`` that ``analyze`` would report for ``model`` (traced abstractly;
+    nothing is computed; an axis without taps has no names)."""
     kw = check_apply_kwargs(apply_kwargs)
     shape, dtype, _ = check_inputs(model, inputs)
     net, _ = network(model, jax.ShapeDtypeStruct(shape, dtype), taps, kw)
-    plan = Plan(("activation_variance", "grad_norm", "residual_variance"),
-                optional=("residual_variance",))
+    optional = ("residual_variance", "attention_entropy", "param_grad_norm")
+    plan = Plan(("activation_variance", "grad_norm") + optional, optional=optional)
 
     def one(key):
         return engine.measure_item(net, shape, dtype, key, None if dtype == jnp.float32 else
                                    jnp.zeros(shape, dtype), None, plan)
 
     out = jax.eval_shape(one, jax.random.key(0))
-    return {"layer": out["activation_variance"].names, "grad_layer": out["grad_norm"].names,
-            "branch_layer": out["residual_variance"].names if "residual_variance" in out else ()}
+    def names(metric):
+        return out[metric].names if metric in out else ()
+
+    return {"layer": names("activation_variance"), "grad_layer": names("grad_norm"),
+            "branch_layer": names("residual_variance"),
+            "attention_layer": names("attention_entropy"), "param_layer": names("param_grad_norm")}
 
 
 __all__ = ["analyze", "layer_names", "NonFiniteWarning", "DEFAULT_NOISE"]

@@ -31,6 +31,7 @@ prelayernorm  var H, W, C                              var D
 regnorm       H, W, C; loss mean_HWC(mean_B(x_hat)^2)  D; loss mean_TD(mean_B(x_hat)^2)
 preregnorm    as regnorm                               as regnorm
 rmsnorm       H, W, C (mean of x^2)                    D (mean of x^2)
+dyt           none (elementwise)                       none (elementwise)
 ============  =======================================  ================================
 
 Every module uses the batch in hand (train mode, never running averages), eps = 1e-5, variances
@@ -308,6 +309,32 @@ class LMBV(Normalizer):
         return (x - mean) / jnp.sqrt(_var(x, _batch_axes(x)) + self.eps)
 
 
+class DyT(nn.Module):
+    """Dynamic Tanh (DyT), a normalizer without statistics: ``y = gamma * tanh(alpha x) + beta``.
+
+    ``alpha`` is one learnable scalar, initialized to ``alpha0`` (default 0.5); ``gamma = 1`` and
+    ``beta = 0`` per channel are the usual affine (``affine=False`` drops it). It reduces over no
+    axis, so ``layout`` (checked, then ignored) does not change it and it needs no ``eps``.
+
+    Args:
+      alpha0: the initial value of ``alpha``.
+      affine: apply the per-channel ``gamma``, ``beta``.
+      layout: ``"image"`` or ``"tokens"`` (the same computation).
+    Zhu, Chen, He, LeCun & Liu 2025, "Transformers without Normalization", arXiv 2503.10622.
+    """
+
+    alpha0: float = 0.5
+    affine: bool = True
+    layout: str = "image"
+
+    @nn.compact
+    def __call__(self, x):
+        _check_input(x, "dyt", self.layout)
+        alpha = self.param("alpha", nn.initializers.constant(self.alpha0), (), jnp.float32)
+        y = jnp.tanh(alpha * x)
+        return _affine(self, y) if self.affine else y
+
+
 class RMSNorm(Normalizer):
     """RMSNorm: ``y = x / sqrt(mean_HWC(x^2) + eps)`` (tokens: ``mean_D``).
 
@@ -463,6 +490,7 @@ _REGISTRY: dict[str, dict[str, Any]] = {
     "preregnorm": dict(factory=RegNorm, center_input=True,
                        allowed=("affine", "eps", "layout", "reg_strength")),
     "rmsnorm": dict(factory=RMSNorm),
+    "dyt": dict(factory=DyT, allowed=("affine", "alpha0", "layout")),
 }
 _DEFAULT_ALLOWED = ("affine", "eps", "layout")
 
@@ -522,8 +550,9 @@ def make(name: str, **options) -> nn.Module:
     identity: they act on the weights, and ``sigprop.models`` applies them there. For
     ``prelayernorm`` / ``preregnorm`` it is the part applied after the conv/dense; the models also
     center the layer's input. ``groupnorm`` and ``evonorm_s0`` take one of ``group_size=`` or
-    ``num_groups=``; every normalizer takes ``eps=`` (and the affine ones ``affine=``) and
-    ``layout=`` (``"image"`` or ``"tokens"``, the module docstring's table).
+    ``num_groups=``; every normalizer but ``dyt`` (which takes ``alpha0=``) takes ``eps=``, the
+    affine ones ``affine=``, and all ``layout=`` (``"image"`` or ``"tokens"``, the module
+    docstring's table).
 
     Raises:
       ValueError: unknown ``name`` (listing the known names, suggesting the closest), options or

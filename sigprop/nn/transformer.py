@@ -1,8 +1,8 @@
 """Transformer: token, patch or continuous inputs -> ``depth`` attention(+MLP) blocks -> logits.
 
 This module owns the zoo's transformer: its multi-head self-attention (:class:`Attention`), the
-block with its four normalizer placements (pre, post, peri, none), the three input kinds and
-their outputs, and :func:`transformer`, the builder that checks every argument.
+block with its five normalizer placements (pre, post, peri, none, deepnorm), the three input
+kinds and their outputs, and :func:`transformer`, the builder that checks every argument.
 
 Block ``i`` (``block{i:02d}``, more digits past 100 blocks), with ``F`` a sublayer (attention
 ``attn``, then the MLP ``mlp``), ``s = branch_scale`` and ``N`` a normalizer acting per token
@@ -12,14 +12,25 @@ Block ``i`` (``block{i:02d}``, more digits past 100 blocks), with ``F`` a sublay
     post:  x = N(x + s F(x))
     peri:  x = x + s N_out(F(N_in(x)))    (a final N after the last block)
     none:  x = x + s F(x)
+    deepnorm: x = N(alpha x + s F(x)),  alpha = (2 depth)^(1/4)   (no final N)
+    pre, ln_scaling=True: x = x + s F(N(x) / sqrt(l)),  l = i + 1 (a final N, unscaled)
 
-``skip=False`` drops the ``x +`` (post: ``x = N(s F(x))``). Normalizers: ``ln1`` (attention's
+``skip=False`` drops the ``x +`` (post: ``x = N(s F(x))``; deepnorm: ``x = N(s F(x))``).
+DeepNorm (Wang et al. 2022, DeepNet, arXiv 2203.00555, decoder-only with ``depth`` layers):
+Post-LN with the stream up-weighted by ``alpha`` and the MLP's ``fc1``/``fc2`` and attention's
+``value``/``out`` drawn Xavier uniform with gain ``beta = (8 depth)^(-1/4)`` (``query``/``key``
+gain 1). LayerNorm Scaling (Sun et al. 2025, The Curse of Depth in Large Language Models, arXiv
+2502.05795): Pre-LN whose block-``l`` normalizer outputs (both, 1-based ``l``) are scaled by
+``1 / sqrt(l)``; the block index travels through the scan with the keys. ``qk_norm``: see
+:class:`Attention`. Normalizers: ``ln1`` (attention's
 input or, post, the stream after it), ``ln2`` (the MLP's), ``ln1_out`` / ``ln2_out`` (peri's
-output norms), ``final_norm``.
+output norms), ``final_norm``; under ``attn``: ``query_norm`` / ``key_norm`` (qk_norm LN / RMS) or
+``qk_scale`` (qk_norm l2).
 
 Layer names (taps, in call order). Activation taps: ``block03/ln1`` ... (each normalizer's
-output), ``block03`` (the residual stream after the block), ``final_norm``. Attention tap:
-``block03/attn`` (the probabilities, with the pre-mask logits and the causal mask). Gradient
+output, with ln_scaling after the ``1 / sqrt(l)``), ``block03`` (the residual stream after the block), ``final_norm``. Attention tap:
+``block03/attn`` (the probabilities, with the logits entering the softmax before masking, so the
+qk-normalized ones under qk_norm, and the causal mask). Gradient
 taps: ``block03/attn`` (the output projection's output) and ``block03/mlp`` (the MLP's output).
 Branch taps (skip=True only): ``block03/attn_branch``, ``block03/mlp_branch`` (``s F(...)``
 before the addition: ``residual_variance``).
@@ -35,7 +46,7 @@ anything at init). Token embedding ``N(0, 1)`` (flax's ``nn.Embed``); learned po
 inputs' variance. The classifier is sigprop's (:func:`sigprop.nn.layers.classifier_init`, zero
 bias). Each block's projections are drawn from ``fold_in(k_i, tag)``, ``k_i`` the ``i``-th of
 ``split(make_rng('params'), depth)`` at the model's level: the scanned and the unrolled model
-hold the same params from the same key (normalizer params are constants).
+hold the same params from the same key (normalizer params, qk_norm's included, are constants).
 """
 
 from __future__ import annotations
@@ -54,7 +65,9 @@ from sigprop.nn.layers import Activation, Dense, check_activation, classifier_in
 from sigprop.taps import probe
 from sigprop.util.checks import check_positive
 
-PLACEMENTS = ("pre", "post", "peri", "none")
+PLACEMENTS = ("pre", "post", "peri", "none", "deepnorm")
+QK_NORMS = (None, "layernorm", "rmsnorm", "l2")
+QK_EPS = 1e-6  # qk_norm's epsilon (flax's LayerNorm / RMSNorm default; l2: added to ||q||^2)
 NORMS = tuple(n for n in normalizers.names() if n not in (
     "weightnorm", "sws", "prelayernorm", "preregnorm", "evonorm_s0", "evonorm_b0"))
 """The registered normalizers a transformer takes: those acting on activations alone, per token
@@ -85,6 +98,24 @@ def _keyed(init: Callable, key, tag: int) -> Callable:
     return lambda _rng, shape, dtype=jnp.float32: init(jax.random.fold_in(key, tag), shape, dtype)
 
 
+def _gained(init: Callable, gain: float) -> Callable:
+    """``init`` times ``gain`` (Xavier with gain ``gain``: ``U(+-gain sqrt(6 / (fan_in +
+    fan_out)))``)."""
+    if gain == 1.0:
+        return init
+    return lambda rng, shape, dtype=jnp.float32: gain * init(rng, shape, dtype)
+
+
+def _l2_normalize(x):
+    """``x / sqrt(||x||^2 + QK_EPS)`` over the last axis."""
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + QK_EPS)
+
+
+def qk_scale_default(t: int) -> float:
+    """Henry et al. 2020's ``g0 = log2(T^2 - T)`` for sequences of length ``T`` (``T = 1``: 1)."""
+    return math.log2(max(t * t - t, 2))
+
+
 def _split(key, n: int):
     return (None,) * n if key is None else tuple(jax.random.split(key, n))
 
@@ -99,22 +130,53 @@ class Attention(nn.Module):
     output ``(probs v) W_out`` (``out``, back to ``D``). Taps: the attention tap on ``probs``
     (with ``logits`` before masking and the mask) and the gradient tap on the output, both under
     this module's name. Vaswani et al. 2017, arXiv 1706.03762.
+
+    ``qk_norm`` (per head, per token, over ``d_head = D / heads``; ``logits`` is what enters the
+    softmax, so ``attention_logit_max`` reports the normalized logits):
+
+    - ``"layernorm"`` / ``"rmsnorm"`` (Dehghani et al. 2023, ViT-22B, arXiv 2302.05442):
+      ``q <- LN(q)``, ``k <- LN(k)`` (``(q - mean q) / sqrt(var q + eps) * scale + bias``; RMS:
+      ``q / sqrt(mean q^2 + eps) * scale``), ``scale``/``bias`` of shape ``[d_head]`` shared by
+      the heads (flax's ``LayerNorm`` / ``RMSNorm``, ``eps = 1e-6``, ``query_norm`` /
+      ``key_norm``), then ``logits = q k^T / sqrt(d_head)``.
+    - ``"l2"`` (Henry et al. 2020, Query-Key Normalization for Transformers, arXiv 2010.04245):
+      ``q_hat = q / ||q||``, ``k_hat = k / ||k||`` (``||q||^2 + 1e-6`` under the root),
+      ``logits = g q_hat k_hat^T`` with a learnable scalar ``g`` (``qk_scale``), initialized to
+      ``qk_scale_init``, or (None) the paper's ``g0 = log2(T^2 - T)`` with ``T`` the sequence
+      length the model is initialized on (:func:`qk_scale_default`; ``T = 1``: 1).
+
+    ``gain``: Xavier gain of ``value`` and ``out`` (DeepNorm's ``beta``; ``query``/``key``: 1).
     """
 
     heads: int
     causal: bool = True
+    qk_norm: str | None = None
+    qk_scale_init: float | None = None
+    gain: float = 1.0
 
     @nn.compact
     def __call__(self, x, key=None):
         d = x.shape[-1]
         dh = d // self.heads
 
-        def project(name, tag):
+        def project(name, tag, gain=1.0):
+            init = _keyed(_gained(xavier_uniform, gain), key, tag)
             return nn.DenseGeneral((self.heads, dh), use_bias=False, name=name,
-                                   kernel_init=_keyed(xavier_uniform, key, tag))(x)
+                                   kernel_init=init)(x)
 
-        q, k, v = project("query", _QUERY), project("key", _KEY), project("value", _VALUE)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (1.0 / math.sqrt(dh))
+        q, k = project("query", _QUERY), project("key", _KEY)
+        v = project("value", _VALUE, self.gain)
+        if self.qk_norm in ("layernorm", "rmsnorm"):
+            norm = nn.LayerNorm if self.qk_norm == "layernorm" else nn.RMSNorm
+            q = norm(epsilon=QK_EPS, name="query_norm")(q)
+            k = norm(epsilon=QK_EPS, name="key_norm")(k)
+        if self.qk_norm == "l2":
+            g0 = (qk_scale_default(x.shape[-2]) if self.qk_scale_init is None
+                  else self.qk_scale_init)
+            g = self.param("qk_scale", nn.initializers.constant(g0), (), jnp.float32)
+            logits = g * jnp.einsum("bqhd,bkhd->bhqk", _l2_normalize(q), _l2_normalize(k))
+        else:
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (1.0 / math.sqrt(dh))
         mask = None
         masked = logits
         if self.causal:
@@ -125,44 +187,51 @@ class Attention(nn.Module):
         probs = probe.observe_attention(self, probs, logits=logits, mask=mask)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
         y = nn.DenseGeneral(d, axis=(-2, -1), use_bias=False, name="out",
-                            kernel_init=_keyed(xavier_uniform, key, _OUT))(out)
+                            kernel_init=_keyed(_gained(xavier_uniform, self.gain), key, _OUT))(out)
         return probe.observe_grad(self, y)
 
 
 class _MLP(nn.Module):
-    """``activation(x W_fc1) W_fc2``, hidden width ``hidden``, no biases; gradient tap on the
-    output under this module's name."""
+    """``activation(x W_fc1) W_fc2``, hidden width ``hidden``, no biases, both Xavier uniform
+    with gain ``gain``; gradient tap on the output under this module's name."""
 
     hidden: int
     activation: Any = "gelu"
+    gain: float = 1.0
 
     @nn.compact
     def __call__(self, x, key=None):
-        h = Dense(self.hidden, kernel_init=_keyed(xavier_uniform, key, _FC1), name="fc1")(x)
+        init = _gained(xavier_uniform, self.gain)
+        h = Dense(self.hidden, kernel_init=_keyed(init, key, _FC1), name="fc1")(x)
         h = Activation(self.activation)(h)
-        y = Dense(x.shape[-1], kernel_init=_keyed(xavier_uniform, key, _FC2), name="fc2")(h)
+        y = Dense(x.shape[-1], kernel_init=_keyed(init, key, _FC2), name="fc2")(h)
         return probe.observe_grad(self, y)
 
 
 class _Norm(nn.Module):
     """A normalizer (its params directly under this module's name) whose output is an activation
     tap under that name. ``layout``: passed to a registered normalizer; None for a user's
-    factory, which is called without it."""
+    factory, which is called without it. ``scale`` (ln_scaling's ``1 / sqrt(l)``): multiplies
+    the output before the tap."""
 
     spec: normalizers.NormSpec
     layout: str | None = "tokens"
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, scale=None):
         norm = self.spec.module(layout=self.layout) if self.layout else self.spec.module()
         nn.share_scope(self, norm)
-        return probe.observe_act(self, norm(x))
+        y = norm(x)
+        return probe.observe_act(self, y if scale is None else y * scale)
 
 
 class _Block(nn.Module):
     """One block: attention, then (unless ``attention_only``) the MLP, each placed as
     ``placement`` says (module docstring); the activation tap on the result carries the block's
-    name."""
+    name. ``alpha``: DeepNorm's weight on the stream; ``gain``: the Xavier gain of ``value``,
+    ``out``, ``fc1``, ``fc2``; ``layer`` (call argument, ln_scaling only): the 1-based block index
+    ``l`` (a scalar array, scanned like the keys), the normalizers' outputs scaled by
+    ``1 / sqrt(l)``."""
 
     heads: int
     spec: normalizers.NormSpec
@@ -174,29 +243,36 @@ class _Block(nn.Module):
     attention_only: bool = False
     branch_scale: float = 1.0
     activation: Any = "gelu"
+    qk_norm: str | None = None
+    qk_scale_init: float | None = None
+    alpha: float = 1.0
+    gain: float = 1.0
 
     @nn.compact
-    def __call__(self, x, key=None):
+    def __call__(self, x, key=None, layer=None):
         k_attn, k_mlp = _split(key, 2)
-        attn = Attention(self.heads, self.causal, name="attn")
-        x = _sublayer(self, x, "attn", "ln1", lambda h: attn(h, k_attn))
+        scale = None if layer is None else jax.lax.rsqrt(jnp.asarray(layer, jnp.float32))
+        attn = Attention(self.heads, self.causal, self.qk_norm, self.qk_scale_init, self.gain,
+                         name="attn")
+        x = _sublayer(self, x, "attn", "ln1", lambda h: attn(h, k_attn), scale)
         if not self.attention_only:
-            mlp = _MLP(self.mlp_ratio * x.shape[-1], self.activation, name="mlp")
-            x = _sublayer(self, x, "mlp", "ln2", lambda h: mlp(h, k_mlp))
+            mlp = _MLP(self.mlp_ratio * x.shape[-1], self.activation, self.gain, name="mlp")
+            x = _sublayer(self, x, "mlp", "ln2", lambda h: mlp(h, k_mlp), scale)
         return probe.observe_act(self, x)
 
 
-def _sublayer(block: _Block, x, name: str, ln: str, f: Callable):
-    """One residual sublayer ``f`` of ``block`` as its placement says (module docstring). A
-    function, not a method: flax would count a method's return as the block's call exit, which
-    orders the block's own activation tap."""
+def _sublayer(block: _Block, x, name: str, ln: str, f: Callable, scale=None):
+    """One residual sublayer ``f`` of ``block`` as its placement says (module docstring;
+    ``scale``: ln_scaling's ``1 / sqrt(l)`` on the pre normalizer). A function, not a method:
+    flax would count a method's return as the block's call exit, which orders the block's own
+    activation tap."""
     p = block.placement
 
-    def norm(name, h):
-        return _Norm(block.spec, block.norm_layout, name=name, parent=block)(h)
+    def norm(name, h, scale=None):
+        return _Norm(block.spec, block.norm_layout, name=name, parent=block)(h, scale)
 
     if p == "pre":
-        y = f(norm(ln, x))
+        y = f(norm(ln, x, scale))
     elif p == "peri":
         y = norm(f"{ln}_out", f(norm(ln, x)))
     else:
@@ -204,18 +280,20 @@ def _sublayer(block: _Block, x, name: str, ln: str, f: Callable):
     if block.branch_scale != 1.0:
         y = block.branch_scale * y
     if block.skip:
-        x = x + probe.Tap("branch", name=f"{name}_branch", parent=block)(y)
+        stream = x if block.alpha == 1.0 else block.alpha * x
+        x = stream + probe.Tap("branch", name=f"{name}_branch", parent=block)(y)
     else:
         x = y
-    return norm(ln, x) if p == "post" else x
+    return norm(ln, x) if p in ("post", "deepnorm") else x
 
 
-def _run_scan(block: _Block, x, keys, length: int):
+def _run_scan(block: _Block, x, keys, layers, length: int):
     """``block`` (named by :func:`sigprop.probe.scan_name`) applied ``length`` times as one
-    ``nn.scan`` stack, layer ``i`` getting ``keys[i]`` (None in apply)."""
-    scanned = nn.scan(lambda mdl, carry, key: (mdl(carry, key), None), variable_axes=SCAN_AXES,
+    ``nn.scan`` stack, layer ``i`` getting ``keys[i]`` (None in apply) and ``layers[i]`` (None
+    unless ln_scaling)."""
+    scanned = nn.scan(lambda mdl, carry, xs: (mdl(carry, *xs), None), variable_axes=SCAN_AXES,
                       split_rngs={"params": True}, length=length)
-    y, _ = scanned(block, x, keys)
+    y, _ = scanned(block, x, (keys, layers))
     return y
 
 
@@ -240,6 +318,9 @@ class Transformer(nn.Module):
     activation: Any = "gelu"
     max_len: int = DEFAULT_MAX_LEN
     scan: bool = True
+    qk_norm: str | None = None
+    qk_scale_init: float | None = None
+    ln_scaling: bool = False
 
     @property
     def kind(self) -> str:
@@ -288,15 +369,21 @@ class Transformer(nn.Module):
         kw = {"heads": self.heads, "spec": self.spec, "norm_layout": self.norm_layout,
               "placement": self.placement, "mlp_ratio": self.mlp_ratio, "causal": self.causal,
               "skip": self.skip, "attention_only": self.attention_only,
-              "branch_scale": self.branch_scale, "activation": self.activation}
+              "branch_scale": self.branch_scale, "activation": self.activation,
+              "qk_norm": self.qk_norm, "qk_scale_init": self.qk_scale_init}
+        if self.placement == "deepnorm":  # Wang et al. 2022, decoder-only, N = depth
+            kw.update(alpha=(2 * self.depth) ** 0.25, gain=(8 * self.depth) ** -0.25)
         keys = (jax.random.split(self.make_rng("params"), self.depth)
                 if self.is_initializing() else None)
+        layers = jnp.arange(1, self.depth + 1, dtype=jnp.int32) if self.ln_scaling else None
         pat = block_pattern(self.depth)
         if self.scan and self.depth > 1:
-            x = _run_scan(_Block(**kw, name=probe.scan_name(pat, 0)), x, keys, self.depth)
+            x = _run_scan(_Block(**kw, name=probe.scan_name(pat, 0)), x, keys, layers,
+                          self.depth)
         else:
             for i in range(self.depth):
-                x = _Block(**kw, name=pat.format(i))(x, None if keys is None else keys[i])
+                x = _Block(**kw, name=pat.format(i))(x, None if keys is None else keys[i],
+                                                     None if layers is None else layers[i])
         if self.placement in ("pre", "peri"):
             x = _Norm(self.spec, self.norm_layout, name="final_norm")(x)
         if self.patch:
@@ -325,18 +412,37 @@ def _check_norm(norm, norm_options: dict) -> tuple[normalizers.NormSpec, str | N
     raise ValueError(f"norm={norm!r}; allowed: {allowed}, or a module factory")
 
 
+def _check_qk(qk_norm, qk_scale_init) -> None:
+    if not (qk_norm is None or isinstance(qk_norm, str)) or qk_norm not in QK_NORMS:
+        raise ValueError(f"qk_norm={qk_norm!r}; allowed: "
+                         f"{', '.join(repr(n) for n in QK_NORMS)}")
+    if qk_scale_init is None:
+        return
+    if qk_norm != "l2":
+        raise ValueError(f"qk_scale_init={qk_scale_init!r} applies only with qk_norm='l2'; got "
+                         f"qk_norm={qk_norm!r}")
+    if isinstance(qk_scale_init, bool) or not isinstance(qk_scale_init, (int, float)) \
+            or not math.isfinite(qk_scale_init):
+        raise ValueError(f"qk_scale_init={qk_scale_init!r} must be None or a finite number")
+
+
 def transformer(depth: int, width: int, heads: int, *, placement: str = "pre",
                 norm="layernorm", mlp_ratio: int = 4, causal: bool = True,
                 vocab: int | None = None, patch: int | None = None, skip: bool = True,
                 attention_only: bool = False, branch_scale: float | None = None,
                 n_classes: int | None = None, activation="gelu", scan: bool = True,
-                max_len: int = DEFAULT_MAX_LEN, **norm_options) -> Transformer:
+                max_len: int = DEFAULT_MAX_LEN, qk_norm: str | None = None,
+                qk_scale_init: float | None = None, ln_scaling: bool = False,
+                **norm_options) -> Transformer:
     """A transformer of ``depth`` blocks of ``width`` with ``heads`` attention heads.
 
     Block (``s = branch_scale``, ``N`` = ``norm`` per token): ``pre`` ``x + s F(N(x))``;
     ``post`` ``N(x + s F(x))``; ``peri`` ``x + s N_out(F(N_in(x)))``; ``none`` ``x + s F(x)``;
-    ``F`` attention, then the MLP ``activation(x W_1) W_2``. Layer names, init: the module
-    docstring.
+    ``deepnorm`` ``N(alpha x + s F(x))``, ``alpha = (2 depth)^(1/4)``, ``value``/``out``/MLP
+    Xavier gain ``(8 depth)^(-1/4)`` (Wang et al. 2022, arXiv 2203.00555); ``pre`` with
+    ``ln_scaling=True`` ``x + s F(N(x) / sqrt(l))`` in block ``l = 1..depth`` (Sun et al. 2025,
+    arXiv 2502.05795); ``F`` attention, then the MLP ``activation(x W_1) W_2``. Layer names,
+    init: the module docstring.
 
     Inputs and outputs (one of three):
       - ``vocab=V``: integer token ids ``[B, T]`` (``T <= max_len``) -> embedding + learned
@@ -350,7 +456,7 @@ def transformer(depth: int, width: int, heads: int, *, placement: str = "pre",
     Args:
       depth: blocks (>= 1). width: the residual stream's width. heads: attention heads (divides
         ``width``).
-      placement: ``pre``, ``post``, ``peri`` or ``none`` (no normalizer at all).
+      placement: ``pre``, ``post``, ``peri``, ``none`` (no normalizer at all) or ``deepnorm``.
       norm: a per-token activation normalizer's name (:data:`NORMS`) or a module factory (called
         without ``layout``; it must normalize ``[B, T, D]`` as you mean it).
       mlp_ratio: the MLP's hidden width over ``width``. causal: mask future keys.
@@ -361,6 +467,12 @@ def transformer(depth: int, width: int, heads: int, *, placement: str = "pre",
       activation: the MLP's (default exact GELU); the normalizer's pairing (FRN's TLU) is not
         applied. scan: run the blocks as one ``nn.scan`` stack (same names and params as the
         unrolled loop). max_len: the longest sequence a ``vocab`` model takes.
+      qk_norm: None, ``"layernorm"``, ``"rmsnorm"`` (ViT-22B) or ``"l2"`` (Henry et al. 2020's
+        ``g q_hat . k_hat``): normalize queries and keys per head (:class:`Attention`).
+      qk_scale_init: ``g``'s init (``qk_norm="l2"`` only; None: ``log2(T^2 - T)``, ``T`` the
+        sequence length at init).
+      ln_scaling: LayerNorm Scaling, ``placement="pre"`` only: block ``l``'s normalizer
+        outputs times ``1 / sqrt(l)`` (the final norm unscaled).
       **norm_options: passed to the normalizer (e.g. ``group_size=4``).
     """
     check_positive(depth=depth, width=width, heads=heads, mlp_ratio=mlp_ratio, max_len=max_len)
@@ -388,6 +500,12 @@ def transformer(depth: int, width: int, heads: int, *, placement: str = "pre",
                        ("scan", scan)):
         if flag not in (True, False):
             raise ValueError(f"{name}={flag!r}: expected True or False")
+    if ln_scaling not in (True, False):
+        raise ValueError(f"ln_scaling={ln_scaling!r}: expected True or False")
+    if ln_scaling and placement != "pre":
+        raise ValueError(f"ln_scaling=True scales Pre-LN's normalizers; placement={placement!r} "
+                         f"(allowed with ln_scaling: pre)")
+    _check_qk(qk_norm, qk_scale_init)
     spec, layout = _check_norm(norm, norm_options)
     spec.check_width(width)
     return Transformer(depth=depth, width=width, heads=heads, spec=spec, norm_layout=layout,
@@ -395,4 +513,6 @@ def transformer(depth: int, width: int, heads: int, *, placement: str = "pre",
                        vocab=vocab, patch=patch, skip=bool(skip),
                        attention_only=bool(attention_only), branch_scale=float(branch_scale),
                        n_classes=n_classes, activation=check_activation(activation),
-                       max_len=max_len, scan=bool(scan))
+                       max_len=max_len, scan=bool(scan), qk_norm=qk_norm,
+                       qk_scale_init=None if qk_scale_init is None else float(qk_scale_init),
+                       ln_scaling=bool(ln_scaling))

@@ -74,6 +74,7 @@ _REFS = {
     "regnorm": lambda x: _std(x, LAYER),
     "preregnorm": lambda x: _std(x, LAYER),
     "rmsnorm": lambda x: x / np.sqrt(np.square(x).mean(axis=LAYER, keepdims=True) + EPS),
+    "dyt": lambda x: np.tanh(0.5 * x),  # Zhu et al. 2025, alpha0 = 0.5: no statistic
 }
 _OPTIONS = {"groupnorm": {"num_groups": GROUPS}, "evonorm_s0": {"num_groups": GROUPS}}
 

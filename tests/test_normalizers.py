@@ -173,6 +173,7 @@ _CASES = [
     ("regnorm", {"reg_strength": 0.5}, np_layernorm),
     ("preregnorm", {"reg_strength": 0.5}, np_layernorm),
     ("rmsnorm", {}, np_rmsnorm),
+    ("dyt", {}, lambda x: np.tanh(0.5 * np.asarray(x, np.float64))),
 ]
 
 _REG_NAMES = ("regnorm", "preregnorm")
@@ -313,7 +314,7 @@ def test_names_in_science_order():
     assert normalizers.names() == [
         "none", "batchnorm", "layernorm", "instancenorm", "groupnorm", "frn", "variancenorm",
         "meancenter", "weightnorm", "sws", "evonorm_s0", "evonorm_b0", "bmlv", "lmbv",
-        "prelayernorm", "regnorm", "preregnorm", "rmsnorm",
+        "prelayernorm", "regnorm", "preregnorm", "rmsnorm", "dyt",
     ]
 
 

@@ -319,5 +319,10 @@ def test_cli_analyze_transformer(capsys, tmp_path):
     assert res.attention_layer_names == ("block00/attn", "block01/attn")
     assert res.param_layer_names[-1] == "classifier"
 
+    rc = cli.main(["analyze", "--model", "transformer", "--placement", "deepnorm", "--qk-norm",
+                   "l2", "--depth", "2", "--width", "16", "--heads", "2", "--seq-len", "8",
+                   "--batch", "4", "--seeds", "1", "--metrics", "attention_logit_max"])
+    assert rc == 0 and "final attention_logit_max" in capsys.readouterr().out
+
     rc = cli.main(["analyze", "--model", "transformer", "--heads", "3", "--width", "16"])
     assert rc == 2 and "heads=3 must divide width=16" in capsys.readouterr().err

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from sigprop.nn.transformer import PLACEMENTS
+
 
 def add_model_args(p, *, model: str, norm: str) -> None:
     """The zoo-model options :func:`build_model` reads (``--model``, ``--cfg``, ``--norm``,
@@ -23,7 +25,7 @@ def add_model_args(p, *, model: str, norm: str) -> None:
     t = p.add_argument_group("transformer", "--model transformer: continuous tokens "
                              "[batch, seq-len, width], or with --patch images [batch, image, "
                              "image, 3]")
-    t.add_argument("--placement", choices=["pre", "post", "peri", "none"], default="pre")
+    t.add_argument("--placement", choices=list(PLACEMENTS), default="pre")
     t.add_argument("--heads", type=int, default=4)
     t.add_argument("--seq-len", type=int, default=16)
     t.add_argument("--patch", type=int, default=None, help="patch size: image patches as tokens")
@@ -32,6 +34,10 @@ def add_model_args(p, *, model: str, norm: str) -> None:
     t.add_argument("--non-causal", action="store_true", help="attend to every token")
     t.add_argument("--no-skip", action="store_true", help="drop the residual additions")
     t.add_argument("--attention-only", action="store_true", help="no MLP sublayers")
+    t.add_argument("--qk-norm", choices=["layernorm", "rmsnorm", "l2"], default=None,
+                   help="normalize queries and keys (Dehghani et al. 2023; l2: Henry et al. 2020)")
+    t.add_argument("--ln-scaling", action="store_true",
+                   help="pre-LN with block l's normalizer outputs / sqrt(l) (Sun et al. 2025)")
 
 
 def build_model(args):
@@ -56,7 +62,8 @@ def build_model(args):
             args.depth or 4, args.width or 64, args.heads, placement=args.placement,
             mlp_ratio=args.mlp_ratio, causal=not args.non_causal, patch=args.patch,
             skip=not args.no_skip, attention_only=args.attention_only,
-            branch_scale=args.branch_scale, **common)
+            branch_scale=args.branch_scale, qk_norm=args.qk_norm, ln_scaling=args.ln_scaling,
+            **common)
     return models.wrn(args.depth or 26, args.width or 2, **common)
 
 

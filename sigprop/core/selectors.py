@@ -23,6 +23,7 @@ NORM_CLASSES = (
     nn.BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.InstanceNorm,
     nnx.BatchNorm, nnx.LayerNorm, nnx.GroupNorm, nnx.RMSNorm, nnx.InstanceNorm,
     normalizers.Normalizer, normalizers.FRN, normalizers.EvoNormS0, normalizers.EvoNormB0,
+    normalizers.DyT,
 )
 # ... gradient norms at the output of every dense / conv / einsum (but the last one called)
 AFFINE_CLASSES = (

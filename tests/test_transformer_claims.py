@@ -3,13 +3,14 @@
 analysis runs here (the figures suite measures both experiments at quick size)."""
 
 import importlib
+import os
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from sigprop.paper import transformer_claims as tc
-from sigprop.paper.experiments import Data
+from sigprop.paper.experiments import Data, text_sample
 from sigprop.paper.experiments import transformers as tx
 
 V = importlib.import_module("sigprop.paper.validate")
@@ -149,15 +150,15 @@ def test_claim14_inconclusive_when_depth_does_not_decide():
 # ------------------------------------------------------------------------------- the data
 
 
-def test_readme_windows_and_next_byte_loss(tmp_path):
-    path = tmp_path / "README.md"
-    path.write_bytes(bytes(range(200)))
-    t = tx.readme_tokens(3, 10, str(path))
+def test_readme_windows_and_next_byte_loss():
+    t = tx.readme_tokens(3, 10)
     assert t.dtype == np.int32 and t.shape == (3, 10)
-    np.testing.assert_array_equal(t[:, 0], [0, 95, 190])  # offsets 0 ... 200 - 10
-    np.testing.assert_array_equal(t[0], np.arange(10))
-    with pytest.raises(FileNotFoundError, match="README.md"):
-        tx.readme_tokens(3, 10, str(tmp_path / "missing.md"))
+    # windows 0, 8 and 15 of the frozen sample (evenly spaced among 16), their first 10 bytes
+    for row, w in zip(t, (0, 8, 15)):
+        assert bytes(row.astype(np.uint8)) == text_sample.WINDOWS[w][:10]
+    assert bytes(t[0].astype(np.uint8)) == b"# sigprop\n"  # the README's first bytes
+    with pytest.raises(ValueError, match="16 windows of 128 bytes"):
+        tx.readme_tokens(17, 10)
     logits = np.random.default_rng(0).standard_normal((3, 10, 256)).astype(np.float32)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     want = -np.mean(np.take_along_axis(logp[:, :-1], t[:, 1:, None], -1))
@@ -165,9 +166,11 @@ def test_readme_windows_and_next_byte_loss(tmp_path):
     assert got == pytest.approx(want, rel=1e-5)
 
 
-def test_the_shipped_readme_gives_the_experiment_its_tokens():
-    s = tx.XIONG.sizes(quick=True)
+def test_the_frozen_sample_is_the_committed_figures_tokens():
+    """The full size reads all 16 windows whole: exactly the tokens the committed
+    figures/data/xiong_gradients.npz was measured on, so a re-run reproduces it."""
+    s = tx.XIONG.sizes(quick=False)
     t = tx.readme_tokens(s.batch, s.seq_len)
-    assert t.shape == (s.batch, s.seq_len) and 0 <= t.min() and t.max() < 256
-    with open(tx.README, "rb") as f:
-        assert bytes(t[0].astype(np.uint8)) == f.read()[:s.seq_len]
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "figures",
+                        "data", "xiong_gradients.npz")
+    np.testing.assert_array_equal(t, np.load(path)["tokens"])

@@ -3,8 +3,10 @@ Post-LN and Pre-LN on real bytes (claim 13), and token collapse (Dong et al. 202
 2022; claim 14).
 
 ``xiong_gradients``: a causal byte-level LM (``vocab=256``) of Xiong's depth 6, fed ``batch``
-windows of ``seq_len`` bytes of this repository's README.md (at fixed, evenly spaced offsets;
-the windows are saved with the data as ``tokens``), loss the mean next-byte cross-entropy
+windows of ``seq_len`` bytes of this repository's README.md: the 16 windows of 128 bytes it
+held on 2026-12-04, frozen in :mod:`sigprop.paper.experiments.text_sample` (the claim's inputs
+do not change when the README does, and an installed package has them; the quick size reads
+8 of them, their first 32 bytes; the windows are saved with the data as ``tokens``), loss the mean next-byte cross-entropy
 against the real next bytes; Post-LN and Pre-LN from the same seeds (the same weights: their
 parameters differ only in Pre-LN's final norm, which has none to draw). Measured:
 ``param_grad_norm`` of every kernel, names in ``<run>/param_layer_names``.
@@ -22,33 +24,25 @@ References: Xiong et al. 2020, arXiv 2002.04745 (Fig. 3, Thm 1); Dong et al. 202
 from __future__ import annotations
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sigprop import nn as models
-from sigprop.paper.experiments import Experiment, register
+from sigprop.paper.experiments import Experiment, register, text_sample
 
 VOCAB = 256  # bytes
 PLACEMENTS = ("post", "pre")
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))), "README.md")
-
-
-def readme_tokens(batch: int, length: int, path: str = README) -> np.ndarray:
-    """``[batch, length]`` int32 byte values of ``path`` (this repository's README.md): the
-    windows starting at ``batch`` evenly spaced offsets ``0 ... n - length``."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"xiong_gradients reads the bytes of the repository's README.md; "
-                                f"not found at {path} (run from a source checkout)")
-    with open(path, "rb") as f:
-        data = np.frombuffer(f.read(), np.uint8)
-    if len(data) < length + batch:
-        raise ValueError(f"{path}: {len(data)} bytes, too few for {batch} windows of {length}")
-    offsets = np.linspace(0, len(data) - length, batch).astype(int)
-    return np.stack([data[o:o + length] for o in offsets]).astype(np.int32)
+def readme_tokens(batch: int, length: int) -> np.ndarray:
+    """``[batch, length]`` int32 byte values: the first ``length`` bytes of ``batch`` of the
+    frozen README windows (:data:`text_sample.WINDOWS`, evenly spaced among the 16)."""
+    windows = np.stack([np.frombuffer(w, np.uint8) for w in text_sample.WINDOWS])
+    if not 1 <= batch <= len(windows) or not 2 <= length <= windows.shape[1]:
+        raise ValueError(f"batch={batch}, length={length}: the frozen README sample holds "
+                         f"{len(windows)} windows of {windows.shape[1]} bytes")
+    rows = np.linspace(0, len(windows) - 1, batch).round().astype(int)
+    return windows[rows, :length].astype(np.int32)
 
 
 def next_byte_loss(tokens: np.ndarray):
@@ -80,7 +74,7 @@ XIONG = register(Experiment(
     full=dict(seeds=16, depth=6, width=256, heads=4, seq_len=128, batch=16),
     measure=_xiong_measure, points=lambda s: len(PLACEMENTS),
     inputs=lambda s: f"README bytes: {s.batch} windows of {s.seq_len} bytes of this repo's "
-                     "README.md (vocab 256), loss next-byte cross-entropy"))
+                     "README.md, frozen 2026-12-04 (vocab 256), loss next-byte cross-entropy"))
 
 
 # ------------------------------------------------------------------------- token collapse

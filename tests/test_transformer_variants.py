@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_transformer_zoo import _ln, _mlp, _np
+from test_transformer_zoo import _ln, _mlp, _np, assert_scan_equals_loop
 
 import sigprop
 from sigprop import probe
@@ -140,18 +140,7 @@ def test_forward_matches_reference(case):
 @pytest.mark.parametrize("case", _COVER)
 def test_scan_and_loop_agree(case):
     """The same names, the same params from the same key (unstacked), the same outputs."""
-    x = _tokens()
-    scanned, looped = _model(case), _model(case, scan=False)
-    assert sigprop.layer_names(scanned, x) == sigprop.layer_names(looped, x)
-    (y_scan, v_scan), (y_loop, v_loop) = (jax.jit(m.init_with_output)(jax.random.key(0), x)
-                                          for m in (scanned, looped))
-    assert any("{" in k for k in v_scan["params"])  # it really scans
-    flat_scan = jax.tree_util.tree_leaves_with_path(probe.unstack(v_scan["params"]))
-    flat_loop = jax.tree_util.tree_leaves_with_path(v_loop["params"])
-    assert [p for p, _ in flat_scan] == [p for p, _ in flat_loop]
-    for (path, a), (_, b) in zip(flat_scan, flat_loop):
-        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
-    np.testing.assert_allclose(y_scan, y_loop, rtol=1e-5, atol=1e-6)
+    assert_scan_equals_loop(_model(case), _model(case, scan=False), _tokens())
 
 
 @pytest.mark.parametrize("case", _COVER)

@@ -254,12 +254,9 @@ def test_block_names_widen_past_100():
     assert block_pattern(101).format(7) == "block007"
 
 
-def test_scan_and_loop_agree():
-    """The same names, the same params from the same key (unstacked), the same outputs."""
-    kw = {"placement": "peri", "vocab": 11}
-    x = jax.random.randint(jax.random.key(2), (B, T), 0, 11)
-    scanned = sigprop.transformer(DEPTH, WIDTH, HEADS, **kw)
-    looped = sigprop.transformer(DEPTH, WIDTH, HEADS, scan=False, **kw)
+def assert_scan_equals_loop(scanned, looped, x):
+    """The same layer names, the same params from the same key (the scanned ones unstacked),
+    the same outputs (also used by test_transformer_variants.py)."""
     assert sigprop.layer_names(scanned, x) == sigprop.layer_names(looped, x)
     (y_scan, v_scan), (y_loop, v_loop) = _init_out(scanned, x), _init_out(looped, x)
     assert any("{" in k for k in v_scan["params"])  # it really scans
@@ -269,6 +266,15 @@ def test_scan_and_loop_agree():
     for (path, a), (_, b) in zip(flat_scan, flat_loop):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
     np.testing.assert_allclose(y_scan, y_loop, rtol=1e-5, atol=1e-6)
+
+
+def test_scan_and_loop_agree():
+    """The same names, the same params from the same key (unstacked), the same outputs."""
+    kw = {"placement": "peri", "vocab": 11}
+    x = jax.random.randint(jax.random.key(2), (B, T), 0, 11)
+    scanned = sigprop.transformer(DEPTH, WIDTH, HEADS, **kw)
+    looped = sigprop.transformer(DEPTH, WIDTH, HEADS, scan=False, **kw)
+    assert_scan_equals_loop(scanned, looped, x)
 
 
 def test_analyze_default_metrics():

@@ -26,7 +26,8 @@ def test_every_entry_has_docs_axis_and_needs():
     for name, m in metrics.REGISTRY.items():
         assert m.name == name and m.doc and m.needs in metrics.NEEDS
         assert m.axis in (metrics.LAYER, metrics.GRAD_LAYER, metrics.BRANCH_LAYER,
-                          metrics.ATTENTION_LAYER, metrics.PARAM_LAYER)
+                          metrics.ATTENTION_LAYER, metrics.PARAM_LAYER, metrics.NORM_LAYER,
+                          metrics.NORM_TOTAL)
         assert m.axis in metrics.FLAGS  # every axis has its finite flag
 
 

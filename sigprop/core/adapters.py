@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sigprop import metrics
-from sigprop.core import selectors
+from sigprop.core import norm_taps, selectors
 from sigprop.core.plan import Plan, loss_value, named, order_fn
 from sigprop.taps import attention, probe
 from sigprop.taps.collections import KERNEL_KEYS
@@ -89,12 +89,16 @@ class LinenNet(ByValueOrIdentity):
     order: tuple = ()
     apply_kwargs: tuple = ()
     attns: tuple = ()
+    norms: tuple = ()
 
     kind = "linen"
 
-    def _intercept(self):
+    def _intercept(self, gns: bool = False):
+        """The interceptor of a pass: selected taps, flax attention, and (declared in init,
+        active with ``gns``) the normalizers' gradient-noise taps (:mod:`sigprop.core.norm_taps`)."""
         acts, grads, attns = frozenset(self.acts), frozenset(self.grads), frozenset(self.attns)
-        if not acts and not grads and not attns:
+        norms = frozenset(self.norms)
+        if not acts and not grads and not attns and not norms:
             return contextlib.nullcontext()
 
         def interceptor(next_fun, args, kwargs, ctx):
@@ -105,6 +109,8 @@ class LinenNet(ByValueOrIdentity):
                 y = next_fun(*args, **kwargs)
             if ctx.method_name != "__call__" or not isinstance(y, jax.Array):
                 return y
+            if path in norms and norm_taps.observable(ctx.module):
+                y = norm_taps.observe(ctx.module, args, kwargs, y, gns)
             if path in grads:
                 y = probe.observe_grad(ctx.module, y)
             if path in acts:
@@ -117,15 +123,16 @@ class LinenNet(ByValueOrIdentity):
         with self._intercept():
             return dict(self.module.init(key, x, **dict(self.apply_kwargs)))
 
-    def _apply(self, variables, x, mutable):
-        with self._intercept():
+    def _apply(self, variables, x, mutable, gns: bool = False):
+        with self._intercept(gns):
             return self.module.apply(variables, x, mutable=mutable, **dict(self.apply_kwargs))
 
     def _pass(self, variables, x, label_key, plan: Plan, collections, probe_collection,
-              params: bool = False):
+              params: bool = False, gns: bool = False):
         """One forward (recording ``collections``) and one backward w.r.t. the zero probes
-        passed under ``probe_collection`` (if any) and, ``params``, the parameters. Returns
-        ``(state, probe gradients, parameter gradients)``."""
+        passed under ``probe_collection`` (if any) and, ``params``, the parameters (``gns``:
+        the normalizers' gradient-noise taps active). Returns ``(state, probe gradients,
+        parameter gradients)``."""
         rest = {c: v for c, v in variables.items() if c not in (probe.PROBES, probe.PAIR_PROBES)}
         mutable = [c for c in rest if c not in ("params", KERNEL_KEYS)]  # e.g. batch_stats
         mutable += list(collections) + [probe.LOSSES]
@@ -134,7 +141,7 @@ class LinenNet(ByValueOrIdentity):
             v = dict(rest) if prm is None else {**rest, "params": prm}
             if probe_collection is not None:
                 v[probe_collection] = pr
-            out, state = self._apply(v, x, mutable)
+            out, state = self._apply(v, x, mutable, gns)
             return loss_value(plan, out, label_key, state.get(probe.LOSSES, {})), state
 
         probes = variables.get(probe.PROBES, {})
@@ -149,11 +156,13 @@ class LinenNet(ByValueOrIdentity):
         order = order_fn(self.order)
         state, grads, param_grads = self._pass(
             variables, x, label_key, plan, [probe.NEED_COLLECTIONS[n] for n in plan.act_needs],
-            probe.PROBES if plan.backward else None, plan.param_backward)
+            probe.PROBES if plan.backward else None, plan.param_backward, plan.gns)
         out = {name: named(state.get(col, {}), key, order)
                for name, col, key in RECORDS if NEED_OF[name] in plan.act_needs}
         if plan.backward:
             out["grad"] = named(grads, probe.GRAD_KEY, order)
+        if plan.gns:
+            out["gns"] = named(grads, probe.GNS_KEY, order)
         if plan.param_backward:
             out["param_grad"] = named(probe.weight_grad_norms(param_grads), probe.PARAM_KEY,
                                       order)
@@ -373,8 +382,9 @@ def linen_network(module, x_abstract, taps, apply_kwargs=()) -> LinenNet:
     named = [("/".join(p), m) for p, m in calls]
     acts, grads, attns = selectors.select(taps, named, explicit)
     check_attention(attns, dict(named))
+    norms = tuple(p for p, m in named if norm_taps.observable(m))
     return LinenNet(module, acts, grads, tuple(p for p, _ in calls), tuple(apply_kwargs),
-                    attns)
+                    attns, norms)
 
 
 def check_attention(attns, modules: dict) -> None:

@@ -76,13 +76,16 @@ class _Axis:
     flagged: tuple
 
 
+_NORM_TAP = "LayerNorm / RMSNorm (with affine parameters)"
 _AXES = {metrics.LAYER: _Axis("activation", ("moments", "pair"), ("moments",)),
          metrics.GRAD_LAYER: _Axis("gradient", ("grad", "pair_grad"), ("grad", "pair_grad")),
          metrics.BRANCH_LAYER: _Axis("residual-branch", ("branch",), ("branch",)),
          metrics.ATTENTION_LAYER: _Axis("attention", ("attention", "attention_logits"),
                                         ("attention", "attention_logits")),
          metrics.PARAM_LAYER: _Axis("weight (dense / conv / einsum kernel or embedding)",
-                                    ("param_grad",), ("param_grad",))}
+                                    ("param_grad",), ("param_grad",)),
+         metrics.NORM_LAYER: _Axis(_NORM_TAP, ("gns",), ("gns",)),
+         metrics.NORM_TOTAL: _Axis(_NORM_TAP, ("gns",), ("gns",))}
 
 
 def finish(records: dict, plan: Plan) -> dict:
@@ -115,12 +118,24 @@ def finish(records: dict, plan: Plan) -> dict:
         on_axis = [m for m in wanted if metrics.REGISTRY[m].axis == axis]
         names = records[present[0]].names
         for m in on_axis:
-            out[m] = Named(names, values[m])
-        flags = [records[r].value[..., -1] for r in present if r in _AXES[axis].flagged]
+            out[m] = Named(_names(axis, names), values[m])
+        flags = [_flags(axis, records[r].value) for r in present if r in _AXES[axis].flagged]
         if flags:
-            out[metrics.FLAGS[axis]] = Named(names, _finite(flags[0], [values[m]
+            out[metrics.FLAGS[axis]] = Named(_names(axis, names), _finite(flags[0], [values[m]
                                                                        for m in on_axis]))
     return out
+
+
+def _names(axis: str, names: tuple) -> tuple:
+    """The names of ``axis``: the taps' (the one ``total`` of the sums over the normalizers)."""
+    return (metrics.TOTAL_NAME,) if axis == metrics.NORM_TOTAL else names
+
+
+def _flags(axis: str, record):
+    """The taps' finite flags ``[..., layers]`` of a flagged record (``[..., 1]``: all of them,
+    for the sums over the normalizers)."""
+    flags = record[..., -1]
+    return jnp.min(flags, axis=-1, keepdims=True) if axis == metrics.NORM_TOTAL else flags
 
 
 def _core_fn(net, make, shape, dtype, keys, x, variables, values, plan, precision, impl,

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sigprop import metrics
-from sigprop.core import selectors
+from sigprop.core import norm_taps, selectors
 from sigprop.core.adapters import (
     NEED_OF,
     OBSERVED,
@@ -42,17 +42,21 @@ class NnxNet(ByValueOrIdentity):
     order: tuple = ()
     apply_kwargs: tuple = ()
     attns: tuple = ()
+    norms: tuple = ()
 
     kind = "nnx"
 
     def init(self, key, x):
         return nnx.split(self.factory(nnx.Rngs(key)))[1]
 
-    def _run(self, state, x, needs, probes, pair=False):
+    def _run(self, state, x, needs, probes, pair=False, norm_probes=None):
+        """One forward; ``norm_probes``: ``{path: zero [4]}`` of the normalizers'
+        gradient-noise taps (:mod:`sigprop.core.norm_taps`), or None."""
         model = nnx.merge(self.graphdef, state, copy=True)  # Variables of this trace level
         grad_names = set(self.grads) | {n for n, k in self.explicit if k in ("gradient", "grad")}
-        ctx = nnx_taps.Context(self.acts, grad_names, needs, probes, pair, attns=self.attns)
-        nnx_taps.install(model, ctx, set(self.acts) | set(self.grads))
+        ctx = nnx_taps.Context(self.acts, grad_names, needs, probes, pair, attns=self.attns,
+                               norm_probes=norm_probes, norm_tap=norm_taps.observe_nnx)
+        nnx_taps.install(model, ctx, set(self.acts) | set(self.grads) | set(norm_probes or ()))
         return model(x, **dict(self.apply_kwargs)), ctx
 
     def _probes(self):
@@ -73,15 +77,19 @@ class NnxNet(ByValueOrIdentity):
 
         def loss_fn(pr, prm):
             st = state if prm is None else nnx.merge_state(prm, rest)
-            out, ctx = self._run(st, x, needs, pr)
+            out, ctx = self._run(st, x, needs, pr[0], norm_probes=pr[1])
             return loss_value(plan, out, label_key, ()), (ctx.records, ctx.branches,
                                                           ctx.attention)
 
+        norm_probes = ({n: jnp.zeros((4,), jnp.float32) for n in self.norms} if plan.gns
+                       else None)
         if plan.backward or plan.param_backward:
-            (g, pg), (records, branches, attn) = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(
-                self._probes(), params if plan.param_backward else None)
+            ((g, gn), pg), (records, branches, attn) = jax.grad(
+                loss_fn, argnums=(0, 1), has_aux=True)(
+                (self._probes(), norm_probes), params if plan.param_backward else None)
         else:
-            g, pg, (records, branches, attn) = {}, None, loss_fn({}, None)[1]
+            g, gn, pg = {}, None, None
+            records, branches, attn = loss_fn(({}, None), None)[1]
         out = {}
         for name, _, key in RECORDS:
             if NEED_OF[name] in needs:
@@ -90,6 +98,8 @@ class NnxNet(ByValueOrIdentity):
                 out[name] = self._sorted(source, None if name == "branch" else key)
         if plan.backward:
             out["grad"] = self._sorted(g)
+        if plan.gns:
+            out["gns"] = self._sorted(gn)
         if plan.param_backward:
             out["param_grad"] = self._sorted(_flat_weights(probe.weight_grad_norms(
                 pg.to_pure_dict())))
@@ -224,8 +234,9 @@ def nnx_network(model, x_abstract, taps, apply_kwargs=()) -> tuple[NnxNet, Any]:
         "attention" in kinds))
     check_attention(attns, dict(module_calls))
     # a weight's layer name is its module's path: in call order with the modules
+    norms = tuple(p for p, m in module_calls if norm_taps.observable(m))
     net = NnxNet(graphdef, factory, acts, grads, explicit, tuple(p for p, _ in calls),
-                 tuple(apply_kwargs), attns)
+                 tuple(apply_kwargs), attns, norms)
     return net, state
 
 

@@ -64,8 +64,14 @@ class Plan:
 
     @property
     def backward(self) -> bool:
-        """A backward pass to the gradient taps' probes."""
-        return metrics.GRAD in self.needs
+        """A backward pass to the gradient taps' probes (and the normalizers' gradient-noise
+        probes, the same collection)."""
+        return bool(self.needs & {metrics.GRAD, metrics.GNS})
+
+    @property
+    def gns(self) -> bool:
+        """The normalizers' gradient-noise taps active (``gns_*`` metrics)."""
+        return metrics.GNS in self.needs
 
     @property
     def param_backward(self) -> bool:

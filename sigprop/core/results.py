@@ -91,7 +91,8 @@ class NamedArrays(Mapping):
 class LayerAxes:
     """The layer names of each layer axis, from ``coords``: ``layer_names`` (activation taps),
     ``grad_layer_names`` (gradient taps), ``branch_layer_names`` (residual branches),
-    ``attention_layer_names`` (attention taps) and ``param_layer_names`` (weights)."""
+    ``attention_layer_names`` (attention taps), ``param_layer_names`` (weights) and
+    ``norm_layer_names`` (LayerNorm / RMSNorm with affine parameters: the ``gns_*`` metrics)."""
 
     coords: dict
 
@@ -114,6 +115,10 @@ class LayerAxes:
     @property
     def param_layer_names(self) -> tuple[str, ...]:
         return self.coords.get(_metrics.PARAM_LAYER, ())
+
+    @property
+    def norm_layer_names(self) -> tuple[str, ...]:
+        return self.coords.get(_metrics.NORM_LAYER, ())
 
 
 @jax.tree_util.register_pytree_node_class

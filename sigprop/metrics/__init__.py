@@ -3,6 +3,8 @@ moments, Gram matrices, gradient norms, correlations), :mod:`~sigprop.metrics.sp
 eigenvalue step after the network) and :mod:`~sigprop.metrics.registry` (each metric's name, needs,
 axis and equation). Pure array code: a metric never knows a model or a tap."""
 
+from sigprop.metrics import record as _record
+from sigprop.metrics.gns import GNS, NORM_LAYER, NORM_TOTAL, TOTAL_NAME, record_gns
 from sigprop.metrics.record import (
     ACT_METRICS,
     ACT_NEEDS,
@@ -17,7 +19,6 @@ from sigprop.metrics.record import (
     LAYER,
     MAX_ABS,
     MOMENTS,
-    NEEDS,
     PAIR,
     PAIR_GRAD,
     PARAM_GRAD,
@@ -35,6 +36,7 @@ from sigprop.metrics.record import (
 from sigprop.metrics.registry import (
     DEFAULT_METRICS,
     FLAGS,
+    GNS_METRICS,
     PAIR_METRICS,
     REGISTRY,
     TOKEN_METRICS,
@@ -62,7 +64,12 @@ from sigprop.metrics.tokens import (
     token_residual_ratio,
 )
 
-__all__ = ['MOMENTS', 'GRAM', 'GRAD', 'PAIR', 'PAIR_GRAD', 'BRANCH', 'TOKEN', 'MAX_ABS', 'ATTENTION',
+NEEDS = _record.NEEDS + (GNS,)
+"""Everything a tap records: the records of :mod:`~sigprop.metrics.record` and the
+normalizers' per-example affine-gradient record (:mod:`~sigprop.metrics.gns`)."""
+
+__all__ = ['GNS', 'NORM_LAYER', 'NORM_TOTAL', 'TOTAL_NAME', 'record_gns', 'GNS_METRICS',
+           'MOMENTS', 'GRAM', 'GRAD', 'PAIR', 'PAIR_GRAD', 'BRANCH', 'TOKEN', 'MAX_ABS', 'ATTENTION',
            'ATTENTION_LOGITS', 'PARAM_GRAD', 'NEEDS', 'ACT_NEEDS', 'LAYER', 'GRAD_LAYER',
            'BRANCH_LAYER', 'ATTENTION_LAYER', 'PARAM_LAYER', 'ACT_METRICS', 'TOKEN_METRICS',
            'TRANSFORMER_METRICS', 'check_tokens', 'record_token_gram', 'token_residual_ratio',

@@ -31,6 +31,8 @@ from typing import Callable
 import jax.numpy as jnp
 from jax import lax
 
+from sigprop.metrics import gns
+from sigprop.metrics.gns import GNS, NORM_LAYER, NORM_TOTAL
 from sigprop.metrics.record import (
     ACT_METRICS,
     ATTENTION,
@@ -137,6 +139,10 @@ def _first(key):
     return lambda s: s[key][..., 0]
 
 
+def _gns(fn):
+    return lambda s: fn(s["gns"])
+
+
 REGISTRY: dict[str, Metric] = {m.name: m for m in [
     Metric("activation_variance", MOMENTS, LAYER, _m_variance,
            "mean_c var_{NHW}(x[..., c]) (biased): Brock et al.'s average channel variance"),
@@ -181,6 +187,20 @@ REGISTRY: dict[str, Metric] = {m.name: m for m in [
     Metric("param_grad_norm", PARAM_GRAD, PARAM_LAYER, _first("param_grad"),
            "||d loss / d W||_F of the kernel (or embedding) W of every dense / conv / einsum / "
            "embed layer (Xiong et al. 2020's per-layer gradient norm)"),
+    # per-example gradients of LayerNorm / RMSNorm affine parameters (sigprop.metrics.gns)
+    Metric("gns_b_simple", GNS, NORM_LAYER, _gns(gns.b_simple),
+           "tr Sigma / |G|^2 of a normalizer's affine parameters from their per-example "
+           "gradients G_b = B sum_t delta_bt x_hat_bt (a loss that is a mean over the batch; "
+           "McCandlish et al. 2018's B_simple, Gray et al. 2024's normalization-layer GNS)"),
+    Metric("gns_trace_sigma", GNS, NORM_LAYER, _gns(gns.trace_sigma),
+           "tr Sigma ~ (mean_b |G_b|^2 - |G_mean|^2) / (1 - 1/B) of a normalizer's affine "
+           "parameters' per-example gradients"),
+    Metric("gns_grad_sq", GNS, NORM_LAYER, _gns(gns.grad_sq),
+           "|G|^2 ~ (B |G_mean|^2 - mean_b |G_b|^2) / (B - 1) of a normalizer's affine "
+           "parameters' per-example gradients"),
+    Metric("gns_b_simple_total", GNS, NORM_TOTAL, _gns(gns.b_simple_total),
+           "sum_l tr Sigma_l / sum_l |G_l|^2 over every LayerNorm / RMSNorm l: the "
+           "normalization layers' B_simple (one entry, 'total')"),
 ]}
 DEFAULT_METRICS = ("activation_variance", "channel_squared_mean", "cosine_similarity",
                    "stable_rank", "effective_rank", "grad_norm", "residual_variance")
@@ -190,9 +210,11 @@ TOKEN_METRICS = ("token_cosine_similarity", "token_residual_ratio", "token_stabl
 # every metric of a transformer's taps (sigprop.transformer): tokens, attention, parameters
 TRANSFORMER_METRICS = TOKEN_METRICS + ("max_abs_ratio", "attention_entropy",
                                        "attention_logit_max", "param_grad_norm")
+GNS_METRICS = ("gns_b_simple", "gns_trace_sigma", "gns_grad_sq", "gns_b_simple_total")
 # the finite flags of each layer axis (always reported with any metric on that axis)
 FLAGS = {LAYER: "finite", GRAD_LAYER: "grad_finite", BRANCH_LAYER: "branch_finite",
-         ATTENTION_LAYER: "attention_finite", PARAM_LAYER: "param_finite"}
+         ATTENTION_LAYER: "attention_finite", PARAM_LAYER: "param_finite",
+         NORM_LAYER: "norm_finite", NORM_TOTAL: "norm_total_finite"}
 
 
 # matrix entries per chunk of the spectral step (float64: 32 MiB a copy): depth 1000 x batch

@@ -22,6 +22,7 @@ PAIR_AXIS = "sigprop_pair"  # vmap axis of a pair of batches (similar-batch corr
 MOMENTS_KEY, HI_KEY, LO_KEY, PAIR_KEY, BRANCH_KEY, GRAD_KEY = "m", "h", "l", "c", "r", "g"
 TOKEN_HI_KEY, TOKEN_LO_KEY, MAX_ABS_KEY, ATTENTION_KEY, LOGITS_KEY, PARAM_KEY = (
     "th", "tl", "x", "a", "q", "w")
+GNS_KEY = "n"  # a normalizer's per-example affine-gradient probe, in PROBES (sigprop.metrics.gns)
 # which collections record each metric need (sigprop.metrics.NEEDS)
 NEED_COLLECTIONS = {metrics.MOMENTS: MOMENTS, metrics.GRAM: GRAM, metrics.PAIR: PAIR,
                     metrics.BRANCH: BRANCH, metrics.TOKEN: TOKEN, metrics.MAX_ABS: MAX_ABS,

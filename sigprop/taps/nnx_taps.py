@@ -38,9 +38,12 @@ class Context:
     attention modules observed (their ``attention_fn`` wrapped, :mod:`sigprop.taps.attention`)."""
 
     def __init__(self, acts=(), grads=(), needs=frozenset(), probes=None, pair=False,
-                 record_calls=False, attns=()):
+                 record_calls=False, attns=(), norm_probes=None, norm_tap=None):
         self.acts, self.grads, self.attns = frozenset(acts), frozenset(grads), frozenset(attns)
         self.needs, self.probes, self.pair = needs, probes or {}, pair
+        # the normalizers' gradient-noise taps: {path: zero [4]}, and
+        # norm_tap(module, args, kwargs, y, probe) -> y (sigprop.core.norm_taps)
+        self.norm_probes, self.norm_tap = norm_probes or {}, norm_tap
         self.record_calls = record_calls
         self.calls: list[tuple[str, Any]] = []  # discovery: (path, module) at each exit
         self.explicit: list[tuple[str, str]] = []  # discovery: (name, kind) of sigprop.tap calls
@@ -63,12 +66,14 @@ class Context:
             return probe.grad_probe(y, self.probes[name], pair=self.pair)
         return y
 
-    def module_output(self, module, y):
+    def module_output(self, module, y, args=(), kwargs=None):
         path = vars(module)[_PATH]
         if self.record_calls:
             self.calls.append((path, module))
         if not isinstance(y, jax.Array):
             return y
+        if path in self.norm_probes:
+            y = self.norm_tap(module, args, kwargs or {}, y, self.norm_probes[path])
         if path in self.grads:
             y = self._grad(path, y)
         if path in self.acts:
@@ -98,7 +103,7 @@ def _tapped(cls):
     def __call__(self, *args, **kwargs):
         y = cls.__call__(self, *args, **kwargs)
         ctx = vars(self).get(_CTX)
-        return y if ctx is None else ctx.module_output(self, y)
+        return y if ctx is None else ctx.module_output(self, y, args, kwargs)
 
     return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
 

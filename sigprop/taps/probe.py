@@ -15,6 +15,11 @@ through whichever probe collection the variables hold.
   backward pass, two numbers per layer); in ``pair_probes`` (under the pair vmap) it returns
   ``[correlation of the two batches' gradients, finite]``; with neither it is the identity.
   ``model.init`` declares the variable in ``probes``.
+- a normalizer's gradient-noise tap (:func:`observe_norm`, on LayerNorm / RMSNorm outputs
+  ``y = gamma x_hat + beta``) is an identity with a custom VJP and a zero ``[4]`` variable
+  ``"n"`` in ``probes``: its backward rule returns :func:`sigprop.metrics.record_gns` of
+  ``d loss / d y`` and ``x_hat`` (per-example gradients of the affine parameters, contracted)
+  as the variable's cotangent, in the same backward pass.
 
 Nothing mutable and no probes: every tap is the identity (the bare network, for benchmarks).
 
@@ -27,6 +32,7 @@ Layer names are ordered by call order (:func:`collect`'s ``order``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -41,6 +47,7 @@ from sigprop.taps.collections import (  # noqa: F401 (taps' names, re-exported)
     ATTENTION_LOGITS,
     BRANCH,
     BRANCH_KEY,
+    GNS_KEY,
     GRAD_KEY,
     GRAM,
     HI_KEY,
@@ -108,6 +115,50 @@ def grad_probe(x, probe, pair: bool = False):
     """The gradient tap as a function: identity on ``x``; the cotangent of ``probe [2]`` is
     ``[||d loss / d x||, finite]`` (or, ``pair``, the two batches' gradient correlation)."""
     return _pair_grad_probe(x, probe) if pair else _grad_probe(x, probe)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _norm_probe(y, x_hat, probe, scale, bias):
+    del x_hat, probe
+    return y
+
+
+def _norm_probe_fwd(y, x_hat, probe, scale, bias):
+    del probe
+    return y, x_hat
+
+
+def _norm_probe_bwd(scale, bias, x_hat, g):
+    return g, jnp.zeros_like(x_hat), metrics.record_gns(g, x_hat, scale, bias)
+
+
+_norm_probe.defvjp(_norm_probe_fwd, _norm_probe_bwd)
+
+
+def norm_probe(y, x_hat, probe, scale: bool = True, bias: bool = True):
+    """A normalizer's gradient-noise tap as a function: identity on its output ``y = gamma x_hat
+    + beta``; the cotangent of ``probe [4]`` is :func:`sigprop.metrics.record_gns` of ``d loss /
+    d y`` and ``x_hat`` (``scale`` / ``bias``: which affine parameters the normalizer has). The
+    cotangent of ``x_hat`` is zero: it reaches the loss through ``y`` only."""
+    return _norm_probe(y, x_hat, probe, scale, bias)
+
+
+def observe_norm(module: nn.Module, y, x_hat, *, scale: bool = True, bias: bool = True,
+                 active: bool = True):
+    """The per-example affine-gradient tap of a normalizer ``module`` whose output is ``y =
+    gamma x_hat + beta`` (:mod:`sigprop.metrics.gns`): ``model.init`` declares its zero ``[4]``
+    probe in ``probes`` (key ``"n"``); in apply, ``active`` and the probe present, ``y`` passes
+    through :func:`norm_probe`. Returns ``y``."""
+    if module.is_initializing():
+        module.variable(PROBES, GNS_KEY, jnp.zeros, (4,), jnp.float32)
+        return y
+    if active and module.has_variable(PROBES, GNS_KEY):
+        if y.shape[0] < 2:
+            raise ValueError(f"metrics=: the gns_* metrics need a batch of at least 2 examples "
+                             f"(per-example gradients); got batch {y.shape[0]} at "
+                             f"{'/'.join(module.path)!r}")
+        return norm_probe(y, x_hat, module.get_variable(PROBES, GNS_KEY), scale, bias)
+    return y
 
 
 def record_activation(x, needs, pair_axis: str | None = PAIR_AXIS, where: str = "") -> dict:

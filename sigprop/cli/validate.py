@@ -7,13 +7,13 @@ from sigprop.cli.common import ints
 
 
 def register(sub) -> None:
-    v = sub.add_parser("validate", help="re-run the papers' claims 1-14; PASS / FAIL / "
+    v = sub.add_parser("validate", help="re-run the papers' claims 1-19; PASS / FAIL / "
                                         "INCONCLUSIVE table (exit 0 only if all pass)")
     v.add_argument("--quick", action="store_true",
                    help="small sizes (minutes on a CPU); default: the papers' sizes")
     v.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     v.add_argument("--claims", type=ints, default=None,
-                   help="comma-separated claim ids (default: all, 1-14)")
+                   help="comma-separated claim ids (default: all, 1-19)")
     v.set_defaults(run=run)
 
 

@@ -1,10 +1,12 @@
 """``sigprop validate``: the papers' claims and closed forms, re-run as experiments.
 
 Each claim of ``science.md`` (1-8 and 12 from [BB] and [U], 9-11 closed forms, 13-14 transformers:
-:mod:`sigprop.paper.transformer_claims`) is an experiment
+:mod:`sigprop.paper.transformer_claims`, 15-18 transformer normalizers:
+:mod:`sigprop.paper.era_claims`, 19 the normalization layers' gradient noise scale:
+:mod:`sigprop.paper.gns_claim`) is an experiment
 and a criterion fixed in advance, stated in the claim's ``expected`` text. A claim that fails
 is reported as failed, with its numbers. Deterministic criteria give ``pass`` or ``fail``; the
-statistical claims (7, 8, 12, 13, 14) also ``inconclusive``, with their statistic, one-sided
+statistical claims (7, 8, 12-19) also ``inconclusive``, with their statistic, one-sided
 permutation p-value and 95% bootstrap interval (:mod:`sigprop.util.stats`): ``pass`` needs
 p < 0.05 in the predicted direction, ``fail`` p < 0.05 in the opposite one.
 
@@ -23,13 +25,12 @@ import time
 import numpy as np
 
 from sigprop.analyses import theory
-from sigprop.paper import experiments
+from sigprop.paper import era_claims, experiments, gns_claim
 from sigprop.paper.experiments import Data
 from sigprop.paper.experiments import beyond_batchnorm as bb
 from sigprop.util import stats
 from sigprop.util.progress import Progress
 
-CLAIMS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14)
 VERDICTS = ("pass", "fail", "inconclusive")
 
 
@@ -487,7 +488,10 @@ CLAIM_EXPERIMENTS = {1: (("resnet_variance",), claim1), 2: (("cnn_groupnorm",), 
                      7: (("wrn",), claim7), 8: (("hessian_wrn", "hessian_training"), claim8),
                      9: (("closed_forms",), claim9), 10: (("closed_forms",), claim10),
                      11: (("resnet_variance",), claim11), 12: (("bb_figure1",), claim12),
-                     13: (("xiong_gradients",), claim13), 14: (("token_collapse",), claim14)}
+                     13: (("xiong_gradients",), claim13), 14: (("token_collapse",), claim14),
+                     # later claims: each module's TABLE of claim -> (experiments, check)
+                     **era_claims.TABLE, **gns_claim.TABLE}
+CLAIMS = tuple(sorted(CLAIM_EXPERIMENTS))
 
 
 def validate(quick: bool = True, claims=CLAIMS, progress: bool = True) -> list[ClaimResult]:

@@ -191,6 +191,8 @@ def _load_all() -> None:
     from sigprop.paper.experiments import (  # noqa: F401
         beyond_batchnorm,
         closed_forms,
+        era,
+        gns_tracking,
         training,
         transformers,
         unique,
@@ -198,8 +200,8 @@ def _load_all() -> None:
 
 
 # (name, quick) -> Data, the most recently used kept: room for every registered experiment in
-# both modes (9 x 2 today), so a validate or figures run measures each once
-_MEMO: BoundedDict = BoundedDict(32)
+# both modes (17 x 2 today), so a validate or figures run measures each once
+_MEMO: BoundedDict = BoundedDict(48)
 
 
 def measure(name: str, quick: bool = True, *, cache: str | None = None,

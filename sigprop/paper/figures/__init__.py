@@ -107,7 +107,13 @@ def get(name: str) -> Figure:
 
 
 def _load_all() -> None:
-    from sigprop.paper.figures import plots, training_plots, transformer_plots  # noqa: F401
+    from sigprop.paper.figures import (  # noqa: F401
+        era_plots,
+        gns_plots,
+        plots,
+        training_plots,
+        transformer_plots,
+    )
 
 
 def default_out(quick: bool) -> str:

@@ -20,7 +20,7 @@ from sigprop.nn import normalizers
 from sigprop.paper import quickstart
 from sigprop.sweeps.sweep import load_sweep
 
-N_NORMALIZERS = 19  # science.md's 18 and dyt (Zhu et al. 2025)
+N_NORMALIZERS = 20  # science.md's 18, dyt (Zhu et al. 2025) and sigma_reparam (Zhai et al. 2023)
 
 
 def test_normalizers_command_lists_every_name(capsys):

@@ -22,7 +22,7 @@ RTOL = 1e-5
 SHAPE = (4, 6, 8)  # [B, T, D]
 GROUPS = 2  # groups of 4 channels for groupnorm / evonorm_s0
 BATCH, LAYER, INST = (0, 1), (2,), (1,)  # the reduced axes of [B, T, D] tokens
-IDENTITY_NAMES = ("none", "weightnorm", "sws")
+IDENTITY_NAMES = ("none", "weightnorm", "sws", "sigma_reparam")
 REG_NAMES = ("regnorm", "preregnorm")
 
 

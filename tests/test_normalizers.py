@@ -174,6 +174,7 @@ _CASES = [
     ("preregnorm", {"reg_strength": 0.5}, np_layernorm),
     ("rmsnorm", {}, np_rmsnorm),
     ("dyt", {}, lambda x: np.tanh(0.5 * np.asarray(x, np.float64))),
+    ("sigma_reparam", {}, np_none),  # parametric: make returns the identity
 ]
 
 _REG_NAMES = ("regnorm", "preregnorm")
@@ -241,7 +242,7 @@ def test_frn_affine_false_keeps_only_learnable_eps():
     np.testing.assert_allclose(np.asarray(variables["params"]["eps"]), EPS, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["none", "weightnorm", "sws"])
+@pytest.mark.parametrize("name", ["none", "weightnorm", "sws", "sigma_reparam"])
 def test_identity_modules_have_no_params(name):
     x = _input((4, 5, 6, 8))
     variables = normalizers.make(name).init(jax.random.key(0), x)
@@ -314,7 +315,7 @@ def test_names_in_science_order():
     assert normalizers.names() == [
         "none", "batchnorm", "layernorm", "instancenorm", "groupnorm", "frn", "variancenorm",
         "meancenter", "weightnorm", "sws", "evonorm_s0", "evonorm_b0", "bmlv", "lmbv",
-        "prelayernorm", "regnorm", "preregnorm", "rmsnorm", "dyt",
+        "prelayernorm", "regnorm", "preregnorm", "rmsnorm", "dyt", "sigma_reparam",
     ]
 
 
@@ -355,4 +356,5 @@ def test_specs():
     assert normalizers.spec("layernorm").batch_dependent is False
     assert normalizers.spec("frn").activation == "tlu"
     assert normalizers.spec("weightnorm").weight == "weightnorm"
+    assert normalizers.spec("sigma_reparam").weight == "sigma_reparam"
     assert normalizers.spec("prelayernorm").center_input is True

@@ -38,6 +38,10 @@ def add_model_args(p, *, model: str, norm: str) -> None:
                    help="normalize queries and keys (Dehghani et al. 2023; l2: Henry et al. 2020)")
     t.add_argument("--ln-scaling", action="store_true",
                    help="pre-LN with block l's normalizer outputs / sqrt(l) (Sun et al. 2025)")
+    t.add_argument("--weight", choices=["plain", "sigma_reparam"], default="plain",
+                   help="every block projection gamma W / sigma(W) (Zhai et al. 2023)")
+    t.add_argument("--cls-token", action="store_true",
+                   help="with --patch: prepend a class token and classify from it")
 
 
 def build_model(args):
@@ -63,7 +67,7 @@ def build_model(args):
             mlp_ratio=args.mlp_ratio, causal=not args.non_causal, patch=args.patch,
             skip=not args.no_skip, attention_only=args.attention_only,
             branch_scale=args.branch_scale, qk_norm=args.qk_norm, ln_scaling=args.ln_scaling,
-            **common)
+            weight=args.weight, cls_token=args.cls_token, **common)
     return models.wrn(args.depth or 26, args.width or 2, **common)
 
 

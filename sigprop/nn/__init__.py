@@ -1,5 +1,6 @@
-"""Networks: normalizers (:mod:`~sigprop.nn.normalizers`), the layers the zoo is built of
-(:mod:`~sigprop.nn.layers`, :mod:`~sigprop.nn.common`) and the model zoo, builders returning linen
+"""Networks: normalizers (:mod:`~sigprop.nn.normalizers`, :mod:`~sigprop.nn.sepnorm`), the layers
+the zoo is built of (:mod:`~sigprop.nn.layers`, :mod:`~sigprop.nn.common`,
+:mod:`~sigprop.nn.attention`, :mod:`~sigprop.nn.ngpt`) and the model zoo, builders returning linen
 modules whose taps name their layers (:func:`mlp`, :func:`cnn`, :func:`resnet56`, :func:`wrn`,
 :func:`transformer`).
 Depends on taps only: a model never computes a metric."""

@@ -1,4 +1,5 @@
-"""Building blocks shared by the model zoo: conv/dense with weight reparametrizations, activations.
+"""Building blocks shared by the model zoo: conv/dense with weight reparametrizations (and the
+spectral norm that ``sigma_reparam`` divides by), activations.
 
 Init (science.md): He normal (fan_in, untruncated, variance 2 / fan_in) for conv/dense kernels and
 zero biases; convs are 3x3 with padding 1 on every side (PyTorch's ``padding=1``, also at stride 2).
@@ -27,13 +28,58 @@ SCALED_RELU_GAIN = math.sqrt(2 * math.pi / (math.pi - 1))
 standardization's (``sws``). :mod:`sigprop.analyses.theory` imports both constants."""
 
 
-def transform_weight(w, weight: str, gamma=None):
-    """Reparametrize a kernel ``[..., fan_in..., out]`` per output unit (the last axis).
+SIGMA_ITERATIONS = 100
+"""Power iterations of :func:`spectral_norm` (``sigma_reparam``). Measured against numpy's SVD
+(float64) on 200 Xavier-uniform (He-normal for convs) draws of each of the zoo's shapes (16x16,
+16x64, 64x64, 64x256, 256x64, 256x256, conv 3x3x16x16 and 3x3x64x64 flattened), the relative
+error of ``sigma`` (always an underestimate), median / 90th percentile / worst over all shapes:
+32 iterations 3.7e-3 / 1.8e-2 / 6.3e-2; 64: 3.8e-4 / 6.9e-3 / 3.8e-2; 100: 4.8e-5 / 1.9e-3 /
+2.5e-2; 200: 1.2e-7 / 5.9e-5 / 1.0e-2. The slow draws are those whose top two singular values
+nearly coincide (square random matrices: a gap of order ``n^(-2/3)``); then the spectral norm of
+``W / sigma`` is at most about 1.025 instead of 1."""
+
+
+def power_start(n: int):
+    """The fixed start vector of :func:`spectral_norm`: ``u0_i = sin(1 + i)``, ``i = 0..n-1``,
+    normalized (stateless: the same on every call)."""
+    u = jnp.sin(1.0 + jnp.arange(n, dtype=jnp.float32))
+    return u / jnp.linalg.norm(u)
+
+
+def spectral_norm(w, iterations: int = SIGMA_ITERATIONS):
+    """``sigma(W) = u^T W v``, the largest singular value of ``w`` flattened to ``W [fan_in,
+    out]`` (every axis but the last is fan-in), by ``iterations`` power iterations from the
+    fixed :func:`power_start` vector ``u0``: ``v <- W^T u / ||W^T u||``, ``u <- W v / ||W v||``.
+    ``u`` and ``v`` are held constant in the gradient (``stop_gradient``), so
+    ``d sigma / dW = u v^T`` (Miyato et al. 2018's spectral normalization; Zhai et al. 2023).
+    Accuracy: :data:`SIGMA_ITERATIONS`."""
+    w2 = w.reshape(-1, w.shape[-1])
+    ws = jax.lax.stop_gradient(w2)
+
+    def step(_, uv):
+        u, _v = uv
+        v = ws.T @ u
+        v = v / jnp.linalg.norm(v)
+        u = ws @ v
+        return u / jnp.linalg.norm(u), v
+
+    u0 = power_start(w2.shape[0]).astype(w.dtype)
+    u, v = jax.lax.fori_loop(0, iterations, step, (u0, jnp.zeros(w2.shape[1], w.dtype)))
+    return u @ w2 @ v
+
+
+def transform_weight(w, weight: str, gamma=None, iterations: int = SIGMA_ITERATIONS):
+    """Reparametrize a kernel ``[..., fan_in..., out]`` (per output unit, the last axis).
 
     - ``plain``: ``w``.
     - ``weightnorm``: ``gamma * w / (||w|| + 1e-5)`` (Salimans & Kingma 2016).
     - ``sws``: ``gamma * sqrt(2 pi / (pi - 1)) / sqrt(fan_in) * (w - mean(w)) / (std(w) + 1e-5)``
       (scaled weight standardization, Brock et al. 2021), biased std.
+    - ``sigma_reparam``: ``gamma / sigma(W) * w`` with one scalar ``gamma`` and ``sigma(W)`` the
+      spectral norm of the kernel flattened to ``[fan_in, out]`` by ``iterations`` power
+      iterations, ``u``, ``v`` constant in the gradient (:func:`spectral_norm`). Zhai et al.
+      2023, Stabilizing Transformer Training by Preventing Attention Entropy Collapse, arXiv
+      2303.06296.
     """
     if weight == "plain":
         return w
@@ -47,7 +93,18 @@ def transform_weight(w, weight: str, gamma=None):
         std = jnp.sqrt(jnp.mean(jnp.square(w - mean), axis=axes, keepdims=True))
         gain = channel(gamma, w.ndim) * (SCALED_RELU_GAIN / math.sqrt(fan_in))
         return gain * (w - mean) / (std + _WN_EPS)
-    raise ValueError(f"weight={weight!r}; allowed: plain, weightnorm, sws")
+    if weight == "sigma_reparam":
+        return (gamma / spectral_norm(w, iterations)) * w
+    raise ValueError(f"weight={weight!r}; allowed: {', '.join(WEIGHTS)}")
+
+
+WEIGHTS = ("plain", "weightnorm", "sws", "sigma_reparam")
+
+
+def gain_shape(weight: str, features: int) -> tuple[int, ...]:
+    """The shape of a reparametrized kernel's ``gain`` (``gamma``, init 1): one scalar for
+    ``sigma_reparam``, one per output unit for ``weightnorm`` and ``sws``."""
+    return () if weight == "sigma_reparam" else (features,)
 
 
 def _out_size(n, k, s, p):
@@ -142,7 +199,8 @@ class Conv(nn.Module):
         w = self.param("kernel", he_normal, (self.kernel, self.kernel, cin, self.features), jnp.float32)
         gamma = None
         if self.weight != "plain":
-            gamma = self.param("gain", nn.initializers.ones, (self.features,), jnp.float32)
+            gamma = self.param("gain", nn.initializers.ones,
+                               gain_shape(self.weight, self.features), jnp.float32)
         y = conv2d(x, transform_weight(w, self.weight, gamma), self.stride, self.impl)
         if self.use_bias:
             y = y + channel(self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32),
@@ -177,7 +235,8 @@ class Dense(nn.Module):
         w = kernel(self, self.kernel_init, (x.shape[-1], self.features), self.lazy)
         gamma = None
         if self.weight != "plain":
-            gamma = self.param("gain", nn.initializers.ones, (self.features,), jnp.float32)
+            gamma = self.param("gain", nn.initializers.ones,
+                               gain_shape(self.weight, self.features), jnp.float32)
         y = x @ transform_weight(w, self.weight, gamma)
         if self.use_bias:
             y = y + channel(self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32),

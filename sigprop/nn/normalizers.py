@@ -32,6 +32,7 @@ regnorm       H, W, C; loss mean_HWC(mean_B(x_hat)^2)  D; loss mean_TD(mean_B(x_
 preregnorm    as regnorm                               as regnorm
 rmsnorm       H, W, C (mean of x^2)                    D (mean of x^2)
 dyt           none (elementwise)                       none (elementwise)
+sigma_reparam (identity; acts on weights)              (identity; acts on weights)
 ============  =======================================  ================================
 
 Every module uses the batch in hand (train mode, never running averages), eps = 1e-5, variances
@@ -43,8 +44,12 @@ Use :func:`make` to build one by name and :func:`names` for the registered names
 are not a module acting on activations alone, and the model builders (``sigprop.models``) handle
 them through :func:`spec`:
 
-- parametric (``weightnorm``, ``sws``): they reparametrize the conv/dense *weights*; ``make``
-  returns the identity and the models use the matching weight transform (with conv bias on).
+- parametric (``weightnorm``, ``sws``, ``sigma_reparam``): they reparametrize the conv/dense
+  *weights*; ``make`` returns the identity and the models use the matching weight transform
+  (:func:`sigprop.nn.layers.transform_weight`, with conv bias on). ``sigma_reparam`` (Zhai et al.
+  2023, arXiv 2303.06296) is ``W_hat = gamma / sigma(W) * W``, one learnable scalar ``gamma``
+  (init 1) per layer, ``sigma`` the spectral norm of the kernel flattened to ``[fan_in, out]``
+  from ``SIGMA_ITERATIONS`` power iterations (stateless, fixed start).
 - wrapping (``prelayernorm``, ``preregnorm``): they also subtract the layer mean of the layer's
   *input* before the conv/dense; ``make`` returns the post-affine part only.
 - activation-replacing (``evonorm_s0``, ``evonorm_b0``): the models drop the activation.
@@ -438,7 +443,8 @@ class NormSpec:
       name: the registered name (or the factory's name for user factories).
       factory: ``factory(**options)`` returns the module applied to the conv/dense output.
       options: the options passed to the factory, as a sorted tuple of pairs (hashable).
-      weight: ``'plain'``, ``'weightnorm'`` or ``'sws'``: the conv/dense weight transform.
+      weight: ``'plain'``, ``'weightnorm'``, ``'sws'`` or ``'sigma_reparam'``: the conv/dense
+        weight transform.
       activation: the paired activation name (``None`` keeps the model's activation).
       center_input: subtract the layer mean of the conv/dense input first (PreLayerNorm).
       bias: conv/dense bias on (the parametric normalizers).
@@ -491,6 +497,8 @@ _REGISTRY: dict[str, dict[str, Any]] = {
                        allowed=("affine", "eps", "layout", "reg_strength")),
     "rmsnorm": dict(factory=RMSNorm),
     "dyt": dict(factory=DyT, allowed=("affine", "alpha0", "layout")),
+    "sigma_reparam": dict(factory=Identity, allowed=("layout",), weight="sigma_reparam",
+                          bias=True),
 }
 _DEFAULT_ALLOWED = ("affine", "eps", "layout")
 
@@ -546,10 +554,10 @@ def make(name: str, **options) -> nn.Module:
     """Build the normalizer ``name`` as a linen Module mapping ``[N, ..., C]`` to the same shape.
 
     This is the normalizer alone, without its activation. Batch-statistics normalizers use the
-    batch in hand. For the parametric ones (``weightnorm``, ``sws``) the returned module is the
-    identity: they act on the weights, and ``sigprop.models`` applies them there. For
-    ``prelayernorm`` / ``preregnorm`` it is the part applied after the conv/dense; the models also
-    center the layer's input. ``groupnorm`` and ``evonorm_s0`` take one of ``group_size=`` or
+    batch in hand. For the parametric ones (``weightnorm``, ``sws``, ``sigma_reparam``) the
+    returned module is the identity: they act on the weights, and ``sigprop.models`` applies them
+    there. For ``prelayernorm`` / ``preregnorm`` it is the part applied after the conv/dense;
+    the models also center the layer's input. ``groupnorm`` and ``evonorm_s0`` take one of ``group_size=`` or
     ``num_groups=``; every normalizer but ``dyt`` (which takes ``alpha0=``) takes ``eps=``, the
     affine ones ``affine=``, and all ``layout=`` (``"image"`` or ``"tokens"``, the module
     docstring's table).

@@ -30,7 +30,7 @@ from sigprop.paper import experiments
 _NAMES = normalizers.names()
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
             "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39",
-            "#7b4173", "#3182bd", "#e6550d", "#31a354"]
+            "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363"]
 COLORS = {n: _PALETTE[i % len(_PALETTE)] for i, n in enumerate(_NAMES)}
 COLORS["none"] = "#000000"
 THEORY = dict(color="0.35", ls="--", lw=1.3)

@@ -22,6 +22,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+from sigprop.backend import cpu
 from sigprop.nn.layers import _xla_conv, conv2d
 
 SHAPES = [  # (spatial, cin, cout, stride)
@@ -72,7 +73,7 @@ def main(argv=None):
             t_xla = _time(_scan_grad(lambda h, w: conv2d(h, w, 1, "xla")), x, ws, repeats=args.repeats)
             scan = f"{t_lax / t_xla:.2f}"
         ho = (h - 1) // s + 1
-        auto = "shift" if jax.default_backend() == "cpu" and (s > 1 or ho * ho <= 4) else "xla"
+        auto = "shift" if cpu.shift_conv(s, ho * ho) else "xla"
         print(f"{h:>3} {cin:>4} {cout:>4} {s:>2} {times['xla'] / times['shift']:>10.2f} "
               f"{scan:>14} {auto:>11}")
 

@@ -17,6 +17,7 @@ from sigprop import coord_check, hessian, metrics, train  # noqa: E402
 from sigprop.analyses import theory
 from sigprop.analyses.analyze import analyze, layer_names
 from sigprop.backend import devices
+from sigprop.backend.compile_cache import enable_cache
 from sigprop.core import engine, objective
 from sigprop.core.results import LayerMetrics
 from sigprop.core.selectors import Taps
@@ -65,6 +66,8 @@ __all__ = [
     "load_sweep",
     "validate",
     "NonFiniteWarning",
+    # compilation
+    "enable_cache",
     # results
     "LayerMetrics",
     # models

@@ -224,3 +224,10 @@ def test_nnx_layernorm_rmsnorm():
     np.testing.assert_allclose(np.asarray(res.gns_trace_sigma[0]), want[:, 1], rtol=1e-4)
     np.testing.assert_allclose(float(res.gns_b_simple_total[0, 0]),
                                want[:, 1].sum() / want[:, 0].sum(), rtol=1e-4)
+
+
+def test_layer_names_lists_the_norm_layers():
+    names = sigprop.layer_names(sigprop.transformer(2, 16, 2, n_classes=3), (4, 5, 6))
+    assert names["norm_layer"] == ("block00/ln1", "block00/ln2", "block01/ln1", "block01/ln2",
+                                   "final_norm")
+    assert sigprop.layer_names(sigprop.mlp(2, 8, norm="batchnorm"), (4, 8))["norm_layer"] == ()

@@ -66,6 +66,11 @@ def analyze(model, inputs, *, seeds: int = 1, key=0, variables=None, taps: Taps 
         only what they need is recorded and computed.
       apply_kwargs: keyword arguments for every call of the model (e.g. ``{"train": True}``).
       precision: matmul/conv precision (``"highest"`` = full float32 also on GPU/TPU).
+        ``"default"`` is an accelerator's fast mode (TF32 operands on a GPU, one bfloat16 pass
+        on a TPU; XLA:CPU ignores it): with TF32 emulated on CPU, ResNet-56's activation
+        metrics moved by up to 1.3e-4 relative and its ``grad_norm`` by 4e-3, a 6 x 128
+        transformer's metrics by up to 4.8e-4 (bfloat16: up to 4.1e-3; the README's table,
+        ``tests/test_precision.py``). The Gram records stay float32 (``HIGHEST``) either way.
       similar_batch_noise: also measure each activation's Pearson correlation between the
         outputs for ``x`` and ``x + s * xi`` (``s`` > 0; [U] uses 0.1), ``xi ~ N(0, 1)`` per
         seed (``similar_batch_correlation``).
@@ -107,12 +112,13 @@ def warn_nonfinite(result: LayerMetrics) -> None:
 
 def layer_names(model, inputs, *, taps: Taps | None = None, apply_kwargs=None) -> dict:
     """``{"layer": names, "grad_layer": names, "branch_layer": names, "attention_layer": names,
-    "param_layer": names}`` that ``analyze`` would report for ``model`` (traced abstractly;
-    nothing is computed; an axis without taps has no names)."""
+    "param_layer": names, "norm_layer": names}`` that ``analyze`` would report for ``model``
+    (traced abstractly; nothing is computed; an axis without taps has no names; ``norm_layer``:
+    the LayerNorm / RMSNorm layers of the ``gns_*`` metrics)."""
     kw = check_apply_kwargs(apply_kwargs)
     shape, dtype, _ = check_inputs(model, inputs)
     net, _ = network(model, jax.ShapeDtypeStruct(shape, dtype), taps, kw)
-    optional = ("residual_variance", "attention_entropy", "param_grad_norm")
+    optional = ("residual_variance", "attention_entropy", "param_grad_norm", "gns_b_simple")
     plan = Plan(("activation_variance", "grad_norm") + optional, optional=optional)
 
     def one(key):
@@ -125,7 +131,8 @@ def layer_names(model, inputs, *, taps: Taps | None = None, apply_kwargs=None) -
 
     return {"layer": names("activation_variance"), "grad_layer": names("grad_norm"),
             "branch_layer": names("residual_variance"),
-            "attention_layer": names("attention_entropy"), "param_layer": names("param_grad_norm")}
+            "attention_layer": names("attention_entropy"), "param_layer": names("param_grad_norm"),
+            "norm_layer": names("gns_b_simple")}
 
 
 __all__ = ["analyze", "layer_names", "NonFiniteWarning", "DEFAULT_NOISE"]

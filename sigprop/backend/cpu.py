@@ -5,8 +5,10 @@ was measured with; the places that act on it ask, and say nothing of the backend
 
 - :func:`is_cpu`: whether a program will run on XLA:CPU (:mod:`~sigprop.backend.lapack`'s
   eigenvalues-only ``?syevd`` call asks this, and every policy below).
-- :func:`has_float64`: float64 arithmetic exists (not on a TPU): :mod:`sigprop.metrics`'s exact
-  Gram matrices, gradient norms and spectra (``sigprop.metrics.has_f64`` is this function).
+- :func:`has_float64`: float64 arithmetic exists (not on a TPU, not inside
+  :func:`without_float64`): :mod:`sigprop.metrics`'s exact Gram matrices, gradient norms and
+  spectra (``sigprop.metrics.has_f64`` is this function).
+- :func:`without_float64`: trace as on a backend without float64 (a test of the TPU path on CPU).
 - :func:`lapack_one_matrix_per_call`: batched LAPACK calls that must go one matrix at a time
   (a deadlock of jaxlib's CPU kernels): :func:`sigprop.backend.lapack.eigvalsh` and
   :mod:`sigprop.metrics.record`'s conditioning check.
@@ -14,7 +16,8 @@ was measured with; the places that act on it ask, and say nothing of the backend
   computes a conv and its input gradient (XLA:CPU's slow convolutions).
 - :func:`sequential_loops`: ``sigprop.hessian`` runs its seeds' and probes' Lanczos loops in
   turn instead of vmapped.
-- :func:`fast_start`: a command-line run's compile settings (an entry point owns its process).
+- :func:`fast_start`: a command-line run's compile settings (an entry point owns its process),
+  the persistent cache among them (:func:`sigprop.backend.compile_cache.enable_cache`).
 
 Not here: :mod:`~sigprop.backend.xla_cpu`'s speed-ups, which act on XLA:CPU's lowering and
 compiler options only and so need no question asked.
@@ -22,9 +25,13 @@ compiler options only and so need no question asked.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 
 import jax
+
+from sigprop.backend import compile_cache
 
 
 def is_cpu() -> bool:
@@ -32,11 +39,48 @@ def is_cpu() -> bool:
     return jax.default_backend() == "cpu"
 
 
+# Whether float64 is switched off for the programs traced now (:func:`without_float64`). A jax
+# user context is part of jit's cache key and trace context, so a program traced with float64
+# and one traced without are two programs, and nothing outside the ``with`` block changes.
+# ``jax.make_user_context`` is public API (jax 0.10 and 0.12 checked); without it, a context
+# variable, and the context clears jax's caches on entry and exit instead.
+_MAKE_USER_CONTEXT = getattr(jax, "make_user_context", None)
+_NO_FLOAT64 = _MAKE_USER_CONTEXT(default_value=False) if _MAKE_USER_CONTEXT else None
+_NO_FLOAT64_VAR = contextvars.ContextVar("sigprop_no_float64", default=False)
+
+
+def _float64_switched_off() -> bool:
+    if _NO_FLOAT64 is not None:
+        return bool(_NO_FLOAT64.value)
+    return _NO_FLOAT64_VAR.get()
+
+
+@contextlib.contextmanager
+def without_float64():
+    """Inside the block, :func:`has_float64` is False on every backend: programs traced there
+    take the path of a backend without float64 (a TPU's), which is how the CPU tests check
+    that path against the float64 one (``tests/test_float32_path.py``). Trace-time only: the
+    switch is part of ``jax.jit``'s cache key (a ``jax.make_user_context``), so the programs
+    compiled inside and outside the block are distinct and nothing process-wide changes."""
+    if _NO_FLOAT64 is not None:
+        with _NO_FLOAT64(True):
+            yield
+        return
+    token = _NO_FLOAT64_VAR.set(True)  # fallback: jit would not see the switch, so drop its
+    jax.clear_caches()                 # caches on the way in and out
+    try:
+        yield
+    finally:
+        _NO_FLOAT64_VAR.reset(token)
+        jax.clear_caches()
+
+
 def has_float64() -> bool:
-    """Whether float64 arithmetic is available: CPU and GPU, not TPU. Where it is, metrics sum in
-    float64 (an ill-conditioned Gram matrix as a float32 pair, a gradient norm in one pass, the
-    spectral step's eigenvalues); on a TPU they stay float32."""
-    return jax.default_backend() != "tpu"
+    """Whether float64 arithmetic is available: CPU and GPU, not TPU (nor inside
+    :func:`without_float64`). Where it is, metrics sum in float64 (an ill-conditioned Gram matrix
+    as a float32 pair, a gradient norm in one pass, the spectral step's eigenvalues); without it
+    they stay float32, with the accuracy :mod:`sigprop.metrics.spectral` states."""
+    return jax.default_backend() != "tpu" and not _float64_switched_off()
 
 
 def lapack_one_matrix_per_call(*, calls_side_by_side: bool) -> bool:
@@ -99,10 +143,7 @@ def fast_start() -> None:
     if "xla_backend_optimization_level" not in flags:
         os.environ["XLA_FLAGS"] = (flags + " --xla_backend_optimization_level=1").strip()
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        cache = os.path.join(os.path.expanduser("~"), ".cache", "sigprop", "xla")
         try:
-            os.makedirs(cache, exist_ok=True)
-            jax.config.update("jax_compilation_cache_dir", cache)
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+            compile_cache.enable_cache(min_compile_time_secs=1.0)  # ~/.cache/sigprop/xla
         except OSError:  # read-only home: run without the cache
             pass

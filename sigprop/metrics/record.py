@@ -8,9 +8,14 @@ by a Cholesky factorization: in jnp, vectorized over seeds, for batches up to 64
 call per seed and layer, 0.4 ms at 256 x 256, as
 :func:`sigprop.backend.cpu.lapack_one_matrix_per_call` asks); otherwise it is recomputed with
 float64 sums of the (exact) float32 products and stored as a float32 pair ``hi + lo``
-(``~2^-48`` relative). On a TPU (no float64: :func:`sigprop.backend.cpu.has_float64`) it is
-always the float32 Gram matrix. What is done with the records after the network is
-:mod:`sigprop.metrics.spectral` and :mod:`sigprop.metrics.registry`.
+(``~2^-48`` relative). Without float64 (a TPU, or inside
+:func:`sigprop.backend.cpu.without_float64`: :func:`sigprop.backend.cpu.has_float64`) the pair
+is ``(G, R)`` instead: ``G`` the float32 Gram matrix and ``R [B, B]`` the triangular factor of a
+float32 Householder QR of ``M^T`` (``R^T R = M M^T``), whose singular values are those of ``M``
+to ``~eps_32 s_max`` where the Gram matrix's eigenvalues give them only to ``~sqrt(eps_32)
+s_max`` (:mod:`sigprop.metrics.spectral` states the accuracy that follows). What is done with
+the records after the network is :mod:`sigprop.metrics.spectral` and
+:mod:`sigprop.metrics.registry`.
 """
 
 from __future__ import annotations
@@ -148,10 +153,20 @@ def _gram64_pair(m):
         return hi, (g - hi.astype(jnp.float64)).astype(jnp.float32)
 
 
+def row_factor(m):
+    """``R [B, B]``, upper triangular, ``R^T R = M M^T``: the R of a float32 Householder QR of
+    ``M^T [D, B]`` (zero rows below ``D`` when ``D < B``). Backward stable: its singular values
+    are those of ``M`` to ``~eps_32 max_i s_i``. The record's second half where float64 is
+    unavailable (module doc)."""
+    b, d = m.shape
+    r = jnp.linalg.qr(m.T, mode="r")
+    return r if d >= b else jnp.pad(r, ((0, b - d), (0, 0)))
+
+
 def _gram_pair(m):
     g = _gram32(m)
     if not cpu.has_float64():
-        return g, jnp.zeros_like(g)
+        return g, row_factor(m)
     return lax.cond(_well_conditioned(g), lambda m: (g, jnp.zeros_like(g)), _gram64_pair, m)
 
 
@@ -173,10 +188,11 @@ def _gram_record_vmap(axis_size, in_batched, m):
 def gram_pairs(m):
     """``(hi, lo)`` of a stack of row blocks ``m [n, B, D]``: one float32 matmul per block, and
     the float64 recomputation (for the whole stack) only when some matrix needs it (a
-    ``lax.cond`` on an unbatched predicate, so the usual case costs no float64 work)."""
+    ``lax.cond`` on an unbatched predicate, so the usual case costs no float64 work). Without
+    float64: ``(G, R)``, ``R`` from :func:`row_factor` (module doc)."""
     g = jax.vmap(_gram32)(m)
     if not cpu.has_float64():
-        return g, jnp.zeros_like(g)
+        return g, jax.vmap(row_factor)(m)
     # above _JNP_CHOLESKY_MAX, LAPACK's potrf: two layers' checks run side by side
     if g.shape[-1] > _JNP_CHOLESKY_MAX and cpu.lapack_one_matrix_per_call(calls_side_by_side=True):
         ok = lax.map(_well_conditioned, g)
@@ -193,7 +209,8 @@ def gram_pairs(m):
 
 def record_gram(x):
     """``(hi, lo)``: the ``B x B`` Gram matrix ``M M^T`` of the rows of ``x`` scaled by
-    ``max |x|`` (see the module doc), ``G = hi + lo``."""
+    ``max |x|`` (see the module doc), ``G = hi + lo``; without float64 ``(G, R)``, ``R^T R =
+    G`` (:func:`row_factor`)."""
     return _gram_record(_rows(x))
 
 

@@ -56,7 +56,6 @@ from sigprop.metrics.record import (
     record_moments,
 )
 from sigprop.metrics.spectral import Stats, entropy_rank
-from sigprop.metrics.tokens import token_residual_ratio
 
 # ------------------------------------------------------------------------------------------------
 # The registry
@@ -131,8 +130,7 @@ def _per_sequence(fn):
 
 
 def _m_token_residual(s):
-    with s.float64():
-        return s.finish(token_residual_ratio(s.gram))
+    return s.finish(s.residual_ratio())
 
 
 def _first(key):

@@ -4,7 +4,8 @@ records inside the network, and the token metrics' spectral step after it.
 - **Token Gram matrices** (:func:`record_token_gram`): per sequence ``b`` the ``T x T`` Gram matrix
   ``X_b X_b^T`` of its tokens (rows scaled by ``max |X_b|``), with the same float32 / float64
   ``hi + lo`` scheme as the sample-wise Gram record (:func:`sigprop.metrics.record.gram_pairs`),
-  batched over sequences and seeds in one call. The token metrics are the sample-wise ones applied
+  batched over sequences and seeds in one call (without float64: ``(G, R)``, ``R`` the float32
+  QR factor, as there). The token metrics are the sample-wise ones applied
   to each sequence's tokens, then averaged over sequences (Dong et al. 2021, Noci et al. 2022).
 - **Massive activations** (:func:`max_abs_ratio`): ``max |x| / median |x|`` over a tap's entries
   (Sun et al. 2024), the median found exactly by bisection on the float bits (no sort).

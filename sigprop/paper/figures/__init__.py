@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 import sys
 import time
@@ -106,14 +107,13 @@ def get(name: str) -> Figure:
     return REGISTRY[name]
 
 
+# the plot modules, in gallery order (each registers its figures on import)
+_PLOT_MODULES = ("plots", "training_plots", "transformer_plots", "era_plots", "gns_plots")
+
+
 def _load_all() -> None:
-    from sigprop.paper.figures import (  # noqa: F401
-        era_plots,
-        gns_plots,
-        plots,
-        training_plots,
-        transformer_plots,
-    )
+    for name in _PLOT_MODULES:
+        importlib.import_module(f"sigprop.paper.figures.{name}")
 
 
 def default_out(quick: bool) -> str:
